@@ -1,0 +1,7 @@
+"""``python -m keyq``: the CLI."""
+
+from __future__ import annotations
+
+from keyq.cli import main
+
+main()

@@ -1,0 +1,205 @@
+"""Triggering and operating from another process: a web app, a script, the CLI.
+
+``keyq.Client`` is synchronous (Django, Flask, scripts); ``keyq.AsyncClient``
+has the same methods as coroutines (FastAPI, aiohttp). Both write to the
+database directly, so they work while the daemon is stopped, and poke the
+daemon's socket so it starts the run within milliseconds when it is up.
+Task ids resolve against the registry: import your task modules first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from keyq import admin, control
+from keyq.clock import SystemClock
+from keyq.config import Config, load_config
+from keyq.errors import KeyqError
+from keyq.inspect import Inspector
+from keyq.instance import InstanceLock, daemon_running, socket_path
+from keyq.producer import Producer, TriggerRequest, split_item
+from keyq.registry import Registry, Task, default_registry
+from keyq.results import RunHandle, RunResult
+
+
+class Client:
+    """Trigger, inspect and operate on runs from any process (blocking calls)."""
+
+    def __init__(
+        self, config: Config | str | Path | None = None, *, registry: Registry | None = None
+    ) -> None:
+        self.config = config if isinstance(config, Config) else load_config(config)
+        self.registry = registry if registry is not None else default_registry
+        self._clock = SystemClock()
+        self._socket = socket_path(self.config.database)
+        self._poker = control.Poker(self._socket)
+        self._producer = Producer(self.config, now=self._clock.now, poke=self._poker)
+        self._inspector: Inspector | None = None
+
+    def close(self) -> None:
+        self._producer.close()
+        self._poker.close()
+        if self._inspector is not None:
+            self._inspector.close()
+            self._inspector = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- triggering -------------------------------------------------------------------------
+
+    def trigger(self, task: str | Task, payload: Any = None, **options: Any) -> RunHandle:
+        """Create one run; returns once it is durable on disk. Options as ``Task.trigger``."""
+        (handle,) = self._producer.trigger_sync([(self._task(task), payload, options)])
+        return handle
+
+    def batch_trigger(
+        self, task: str | Task, items: Iterable[Mapping[str, Any]]
+    ) -> list[RunHandle]:
+        """Create several runs in one transaction; each item is ``{"payload": ..., **options}``."""
+        return self._producer.trigger_sync(self._requests(task, items))
+
+    def _task(self, task: str | Task) -> Task:
+        return task if isinstance(task, Task) else self.registry.get(task)
+
+    def _requests(
+        self, task: str | Task, items: Iterable[Mapping[str, Any]]
+    ) -> list[TriggerRequest]:
+        t = self._task(task)
+        return [(t, *split_item(item)) for item in items]
+
+    # --- reading -----------------------------------------------------------------------------
+
+    @property
+    def inspector(self) -> Inspector:
+        if self._inspector is None:
+            self._inspector = Inspector(self.config)
+        return self._inspector
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """The run as JSON (SPEC §9), with ``events``."""
+        return self.inspector.get_run(run_id)
+
+    def list_runs(self, **filters: Any) -> list[dict[str, Any]]:
+        """Runs newest first; filters: status, queue, key, task, tag, limit."""
+        return self.inspector.list_runs(**filters)
+
+    def stats(self) -> dict[str, Any]:
+        return self.inspector.stats(self.config.limits.burst)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> RunResult:
+        """Block until the run is final; TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else self._clock.now() + timeout
+        delay = 0.01
+        while (result := self.inspector.result(run_id)) is None:
+            if deadline is not None and self._clock.now() >= deadline:
+                raise TimeoutError(f"run {run_id} is not final after {timeout} s")
+            time.sleep(delay)  # a CLI wait: polling the file is simple and survives restarts
+            delay = min(delay * 1.5, 0.5)
+        return result
+
+    # --- operating ------------------------------------------------------------------------------
+
+    def cancel(self, run_id: str) -> None:
+        """Cancel a run, through the daemon if it runs, else directly in the database."""
+        lock = InstanceLock(self.config.database)
+        if lock.try_acquire():
+            with lock:
+                admin.cancel_stored(self._producer.connection(), run_id, self._clock.now())
+            return
+        self._ask({"op": "cancel", "run_id": run_id})
+
+    def set_queue_limit(
+        self,
+        queue: str,
+        concurrency_limit: int | None = admin.UNSET,
+        total_limit: int | None = admin.UNSET,
+    ) -> None:
+        """Set (None: clear) a queue's runtime limits; stored durably, applied live."""
+        admin.update_queue_settings(
+            self._producer.connection(),
+            queue,
+            self._clock.now(),
+            concurrency_limit=concurrency_limit,
+            total_limit=total_limit,
+        )
+        self._settings_changed()
+
+    def set_key_limit(self, queue: str, key: str, limit: int | None) -> None:
+        """Set (None: clear) one concurrency key's limit in a queue; stored, applied live."""
+        admin.update_key_settings(
+            self._producer.connection(), queue, key, self._clock.now(), concurrency_limit=limit
+        )
+        self._settings_changed()
+
+    def pause(self, queue: str, key: str | None = None, *, paused: bool = True) -> None:
+        """Pause (or with ``paused=False`` resume) a queue, or one key of it."""
+        conn, now = self._producer.connection(), self._clock.now()
+        if key is None:
+            admin.update_queue_settings(conn, queue, now, paused=paused)
+        else:
+            admin.update_key_settings(conn, queue, key, now, paused=paused)
+        self._settings_changed()
+
+    def daemon_running(self) -> bool:
+        return daemon_running(self.config.database)
+
+    def _settings_changed(self) -> None:
+        if self.daemon_running():
+            self._ask({"op": "settings"})
+
+    def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        answer = control.request(self._socket, message)
+        if not answer.get("ok"):
+            raise KeyqError(answer.get("error", "the daemon refused the request"))
+        return answer
+
+
+class AsyncClient:
+    """:class:`Client` for async code: the same methods, as coroutines."""
+
+    def __init__(
+        self, config: Config | str | Path | None = None, *, registry: Registry | None = None
+    ) -> None:
+        self.sync = Client(config, registry=registry)
+        self.config = self.sync.config
+
+    async def trigger(self, task: str | Task, payload: Any = None, **options: Any) -> RunHandle:
+        """Create one run; returns once it is durable on disk."""
+        (handle,) = await self.submit_triggers([(self.sync._task(task), payload, options)])
+        return handle
+
+    async def batch_trigger(
+        self, task: str | Task, items: Iterable[Mapping[str, Any]]
+    ) -> list[RunHandle]:
+        """Create several runs in one transaction."""
+        return await self.submit_triggers(self.sync._requests(task, items))
+
+    async def submit_triggers(
+        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
+    ) -> list[RunHandle]:
+        """The producer interface ``Task.trigger`` uses."""
+        return await anyio.to_thread.run_sync(self.sync._producer.trigger_sync, requests, parent_id)
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        return await anyio.to_thread.run_sync(self.sync.get_run, run_id)
+
+    async def list_runs(self, **filters: Any) -> list[dict[str, Any]]:
+        return await anyio.to_thread.run_sync(lambda: self.sync.list_runs(**filters))
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> RunResult:
+        return await anyio.to_thread.run_sync(self.sync.wait, run_id, timeout)
+
+    async def cancel(self, run_id: str) -> None:
+        await anyio.to_thread.run_sync(self.sync.cancel, run_id)
+
+    async def close(self) -> None:
+        self.sync.close()

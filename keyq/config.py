@@ -1,0 +1,264 @@
+"""Configuration: TOML in, one frozen :class:`Config` out, resolved once.
+
+Where it comes from, first match wins: ``--config PATH``, then ``$KEYQ_CONFIG``,
+then ``./keyq.toml`` if it exists, else the built-in defaults. Unknown keys and
+bad values stop start-up with a :class:`ConfigError` naming the dotted key.
+
+A relative ``database`` path is resolved against the directory of the config
+file that names it (or the current directory for the defaults), so the CLI
+finds the daemon's database from anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from keyq.durations import parse_duration
+from keyq.errors import ConfigError
+
+Durability = Literal["full", "normal"]
+LogFormat = Literal["auto", "json", "console"]
+NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """``[limits]``: the environment base limit and its burst factor."""
+
+    concurrency: int = 200
+    burst_factor: float = 2.0
+
+    @property
+    def burst(self) -> int:
+        return math.floor(self.concurrency * self.burst_factor)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """``[queues.NAME]``: overrides of a queue's limits by name."""
+
+    concurrency_limit: int | None = None
+    total_limit: int | None = None
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """``[retention]``: how long final runs are kept."""
+
+    completed_s: float = 24 * 3600.0
+    failed_s: float = 7 * 24 * 3600.0
+    canceled_s: float = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``: log format and level; payloads are never logged unless asked."""
+
+    format: LogFormat = "auto"
+    level: str = "info"
+    payloads: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything keyq reads from configuration."""
+
+    database: Path = Path("keyq.db")
+    tasks: tuple[str, ...] = ()
+    durability: Durability = "full"
+    max_payload_bytes: int = 1024 * 1024
+    lock_timeout_s: float = 5.0
+    shutdown_grace_s: float = 30.0
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    queues: Mapping[str, QueueConfig] = field(default_factory=dict)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path | None = None  # the file this came from, if any
+
+    def with_database(self, database: str | Path) -> Config:
+        return replace(self, database=Path(database).absolute())
+
+
+# --- loading ------------------------------------------------------------------------
+
+
+def resolve_path(explicit: str | Path | None = None) -> Path | None:
+    """The config file to use, by precedence, or None for the defaults."""
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get("KEYQ_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("keyq.toml")
+    return local if local.is_file() else None
+
+
+def load_config(explicit: str | Path | None = None) -> Config:
+    """Resolve and load the configuration (see module docstring for precedence)."""
+    path = resolve_path(explicit)
+    if path is None:
+        return Config(database=Path("keyq.db").absolute())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    return parse_config(text, source=path)
+
+
+def parse_config(text: str, *, source: Path | None = None) -> Config:
+    """Parse TOML text into a Config; ``source`` anchors relative paths."""
+    where = f" in {source}" if source else ""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config{where} is not valid TOML: {exc}") from exc
+    try:
+        return _build(data, source)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}{where}") from None
+
+
+# --- validation -----------------------------------------------------------------------
+
+Validator = Callable[[str, Any], Any]
+
+
+def _int(minimum: int) -> Validator:
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+        return value
+
+    return check
+
+
+def _positive_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{key} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _duration(key: str, value: Any) -> float:
+    try:
+        return parse_duration(value, field=key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _choice(*choices: str) -> Validator:
+    def check(key: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+        return str(value)
+
+    return check
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _modules(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{key} must be a list of module names, got {value!r}")
+    return tuple(value)
+
+
+def _table(key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a table, got {value!r}")
+    return value
+
+
+def _fields(prefix: str, table: dict[str, Any], spec: dict[str, Validator]) -> dict[str, Any]:
+    """Validate a table's keys against ``spec``; unknown keys are errors."""
+    out: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if name not in spec:
+            known = ", ".join(sorted(spec))
+            raise ConfigError(f"unknown config key {key!r} (known here: {known})")
+        out[name] = spec[name](key, value)
+    return out
+
+
+_TOP: dict[str, Validator] = {
+    "database": _string,
+    "tasks": _modules,
+    "durability": _choice("full", "normal"),
+    "max_payload_bytes": _int(1),
+    "lock_timeout": _duration,
+    "shutdown_grace": _duration,
+    "limits": _table,
+    "queues": _table,
+    "retention": _table,
+    "log": _table,
+}
+_LIMITS: dict[str, Validator] = {"concurrency": _int(1), "burst_factor": _positive_float}
+_QUEUE: dict[str, Validator] = {
+    "concurrency_limit": _int(0),
+    "total_limit": _int(0),
+    "paused": _bool,
+}
+_RETENTION: dict[str, Validator] = {
+    "completed": _duration,
+    "failed": _duration,
+    "canceled": _duration,
+}
+_LOG: dict[str, Validator] = {
+    "format": _choice("auto", "json", "console"),
+    "level": _choice(*LOG_LEVELS),
+    "payloads": _bool,
+}
+
+
+def _build(data: dict[str, Any], source: Path | None) -> Config:
+    top = _fields("", data, _TOP)
+    limits = LimitsConfig(**_fields("limits.", top.pop("limits", {}), _LIMITS))
+    if limits.burst_factor < 1:
+        raise ConfigError(f"limits.burst_factor must be >= 1, got {limits.burst_factor}")
+    queues = _queues(top.pop("queues", {}))
+    retention = _fields("retention.", top.pop("retention", {}), _RETENTION)
+    log = LogConfig(**_fields("log.", top.pop("log", {}), _LOG))
+    base = source.parent if source is not None else Path(".")
+    database = (base / top.pop("database", "keyq.db")).absolute()
+    renames = {"lock_timeout": "lock_timeout_s", "shutdown_grace": "shutdown_grace_s"}
+    top = {renames.get(k, k): v for k, v in top.items()}
+    return Config(
+        database=database,
+        limits=limits,
+        queues=queues,
+        retention=RetentionConfig(**{f"{k}_s": v for k, v in retention.items()}),
+        log=log,
+        source=source,
+        **top,
+    )
+
+
+def _queues(table: dict[str, Any]) -> dict[str, QueueConfig]:
+    queues: dict[str, QueueConfig] = {}
+    for name, value in table.items():
+        key = f"queues.{name}"
+        if not NAME_RE.match(name):
+            raise ConfigError(f"{key}: queue names are 1-128 characters of A-Z a-z 0-9 . _ : -")
+        queues[name] = QueueConfig(**_fields(f"{key}.", _table(key, value), _QUEUE))
+    return queues

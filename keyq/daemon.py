@@ -1,0 +1,534 @@
+"""The daemon: the engine running in an event loop, with SQLite, attempts and a socket.
+
+``async with keyq.Daemon(config) as daemon:`` starts it in the current event
+loop (SPEC §10); ``keyq serve`` runs the same object under signals. One main
+loop owns the engine::
+
+    while running:
+        ingest new rows if poked; apply what attempts and operators posted
+        step = engine.tick(now)
+        commit step.transitions (one transaction), THEN start/cancel attempts
+        sleep until the next deadline or until something is posted
+
+The write-ahead rule: no run starts, and no outcome is acknowledged, before
+its transition is on disk. A crash at any point therefore loses nothing that
+was acknowledged; runs caught RUNNING are re-queued on the next start.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+
+from keyq import systemd
+from keyq.clock import Clock, SystemClock
+from keyq.config import Config, load_config
+from keyq.context import Context
+from keyq.engine import Engine, TaskPolicy
+from keyq.errors import KeyqError, RunNotFoundError, RunStateError, StoreError
+from keyq.instance import InstanceLock, socket_path
+from keyq.limits import Limits
+from keyq.logs import configure_logging, get_logger, log_transitions
+from keyq.model import (
+    Cancelled,
+    ChildResult,
+    ErrorInfo,
+    Outcome,
+    RunId,
+    StartRun,
+    Step,
+    Transition,
+    Wait,
+    WaitChildren,
+)
+from keyq.producer import Producer, TriggerRequest, reset_current, set_current
+from keyq.registry import Registry, default_registry
+from keyq.results import RunHandle, RunResult
+from keyq.runner import run_attempt
+from keyq.settings import key_settings, queue_settings
+from keyq.slots import Slot
+from keyq.states import DELAYED, FAILED, FINAL, QUEUED, RunState
+from keyq.store import SqliteStore
+
+INGEST_BATCH = 5000
+POLL_INTERVAL_S = 2.0  # safety net for a lost poke; pokes are the normal path
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    run_id: RunId
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    run_id: RunId
+    wait: Wait
+
+
+@dataclass(frozen=True, slots=True)
+class _Cancel:
+    run_id: RunId
+    reply: Slot[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Apply:
+    change: Callable[[Engine, float], None]
+    reply: Slot[None]
+
+
+_Command = _Finished | _Waiting | _Cancel | _Apply
+
+
+class Daemon:
+    """keyq's scheduler in this process. Use as ``async with Daemon(config) as daemon``."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        registry: Registry | None = None,
+        clock: Clock | None = None,
+        control_socket: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config if config is not None else load_config()
+        self.registry = registry if registry is not None else default_registry
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.socket_path = socket_path(self.config.database) if control_socket else None
+        limits = Limits(self.config.limits.concurrency, self.config.limits.burst_factor)
+        self.engine = Engine(limits, self._policies(), rng)
+        self.log = get_logger()
+        self._lock = InstanceLock(self.config.database)
+        self._producer = Producer(self.config, now=self.clock.now, poke=self.poke)
+        self._store: SqliteStore | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stack = AsyncExitStack()
+        self._inbox: list[_Command] = []
+        self._replies: list[Slot[None]] = []
+        self._wake = anyio.Event()
+        self._poked = True
+        self._next_poll_at = 0.0
+        self._last_seq = 0
+        self._attempts: dict[RunId, anyio.CancelScope | None] = {}
+        self._suspended: dict[RunId, Slot[tuple[ChildResult, ...]]] = {}
+        self._result_waiters: dict[RunId, list[Slot[RunResult]]] = {}
+        self._idle_waiters: list[anyio.Event] = []
+        self._stopping = False
+        self._exit_loop = False
+        self._drained = anyio.Event()
+        self._stop_requested = anyio.Event()
+        self._watchdog_s: float | None = None
+        self._last_ping = 0.0
+        self._loop_done = anyio.Event()
+        self._token: object = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Daemon:
+        if not structlog.is_configured():
+            configure_logging(self.config.log)
+        self._lock.acquire_for_daemon()
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            self._lock.release()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        self._store = await SqliteStore.open(self.config)
+        self._stack.push_async_callback(self._store.close)
+        self._stack.callback(self._producer.close)
+        await self._recover()
+        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        if self.socket_path is not None:
+            from keyq.control import serve_control
+
+            await self._tg.start(serve_control, self, self.socket_path)
+        self._tg.start_soon(self._main_loop, name="keyq main loop")
+        self._token = set_current(self)
+        self.log.info(
+            "daemon_started",
+            database=str(self.config.database),
+            tasks=len(self.registry.tasks),
+            recovered=len(self.engine),
+            concurrency=self.config.limits.concurrency,
+            burst=self.engine.limits.burst,
+        )
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            grace = self.config.shutdown_grace_s if exc is None else 0.0
+            with anyio.CancelScope(shield=True):
+                await self.stop(grace_s=grace)
+        finally:
+            reset_current(self._token)
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()  # waiting attempts and the control socket
+            await self._stack.aclose()
+            self._lock.release()
+            self.log.info("daemon_stopped")
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Start nothing new, let running attempts finish within ``grace_s``, then stop.
+
+        Attempts still running after the grace period are interrupted and
+        re-queued; waiting runs stay WAITING on disk and resume after a restart.
+        """
+        if self._loop_done.is_set():
+            return
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        if not self._stopping:
+            self._stopping = True
+            self.engine.hold_starts()
+            self.log.info("daemon_draining", running=self.engine.limits.running, grace_s=grace)
+            self._wakeup()
+        with anyio.move_on_after(grace):
+            await self._drained.wait()
+        if not self._drained.is_set():
+            self.engine.interrupt_all(self.clock.now())
+            self._wakeup()
+            with anyio.move_on_after(max(grace, 5.0)):
+                await self._drained.wait()
+        self._exit_loop = True
+        self._wakeup()
+        await self._loop_done.wait()
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT, then drain; SIGHUP reloads the config (``keyq serve``)."""
+        self._watchdog_s = systemd.watchdog_interval_s()
+        if self._watchdog_s is not None and isinstance(self.clock, SystemClock):
+            self.clock.max_sleep_s = min(self.clock.max_sleep_s, self._watchdog_s)
+        async with self:
+            assert self._tg is not None
+            self._tg.start_soon(self._handle_signals, name="keyq signals")
+            systemd.notify("READY=1", f"STATUS=serving {self.config.database}")
+            await self._stop_requested.wait()
+            systemd.notify("STOPPING=1")
+
+    async def _handle_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    systemd.notify("RELOADING=1")
+                    await self.reload_config()
+                    systemd.notify("READY=1")
+                elif not self._stop_requested.is_set():
+                    self.log.info("signal_received", signal=signal.Signals(signum).name)
+                    self._stop_requested.set()
+                else:
+                    # A second SIGTERM/SIGINT: do not wait out the grace period.
+                    self.log.warning("interrupting_running_attempts")
+                    self.engine.interrupt_all(self.clock.now())
+                    self._wakeup()
+
+    def _ping_watchdog(self, now: float) -> None:
+        if self._watchdog_s is not None and now - self._last_ping >= self._watchdog_s:
+            systemd.notify("WATCHDOG=1")
+            self._last_ping = now
+
+    # --- recovery ----------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        assert self._store is not None
+        specs, self._last_seq = await self._store.load_active()
+        await self.reload_settings()
+        now = self.clock.now()
+        for spec in specs:
+            self.engine.recover(spec, now)
+
+    def _policies(self) -> dict[str, TaskPolicy]:
+        return {t.id: TaskPolicy(t.retry, t.max_duration_s) for t in self.registry.tasks.values()}
+
+    async def reload_settings(self) -> None:
+        """Re-read limits from code, config and the database's runtime overrides."""
+        assert self._store is not None
+        stored_queues, stored_keys = await self._store.settings()
+        queues = queue_settings(self.registry.queues, self.config.queues, stored_queues)
+        keys: dict[tuple[str, str | None], tuple[int | None, bool]] = {
+            (k.queue, k.key): (k.limit, k.paused) for k in key_settings(stored_keys)
+        }
+        limits = self.config.limits
+        self.engine.set_environment(limits.concurrency, limits.burst_factor)
+        self.engine.configure_limits({n: (s.limit, s.paused) for n, s in queues.items()}, keys)
+        self._wakeup()
+
+    async def reload_config(self) -> None:
+        """SIGHUP: re-read the config file and apply its limits (the database path stays)."""
+        fresh = load_config(self.config.source) if self.config.source else self.config
+        if fresh.database != self.config.database:
+            self.log.warning("reload_ignored_database", database=str(fresh.database))
+        self.config = fresh.with_database(self.config.database)
+        await self.reload_settings()
+        self.log.info("config_reloaded", source=str(self.config.source))
+
+    # --- the main loop -------------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        try:
+            while not self._exit_loop:
+                self._wake = anyio.Event()
+                now = self.clock.now()
+                self._ping_watchdog(now)
+                if self._poked or now >= self._next_poll_at:
+                    await self._ingest(now)
+                await self._apply_inbox(now)
+                await self._execute(self.engine.tick(now))
+                self._check_drained()
+                if self._inbox or self._poked or self._exit_loop:
+                    continue
+                self._notify_idle()
+                await self.clock.wait_until(self._next_wakeup(), self._wake)
+        finally:
+            self._loop_done.set()
+
+    def _next_wakeup(self) -> float:
+        deadline = self.engine.next_deadline()
+        return self._next_poll_at if deadline is None else min(deadline, self._next_poll_at)
+
+    async def _ingest(self, now: float) -> None:
+        """Adopt runs that producers inserted since we last looked (by seq, never a scan)."""
+        assert self._store is not None
+        self._poked = False
+        self._next_poll_at = now + POLL_INTERVAL_S
+        while True:
+            specs = await self._store.load_new(self._last_seq, INGEST_BATCH)
+            for spec in specs:
+                if spec.state in (QUEUED, DELAYED):
+                    self.engine.submit(spec)
+            if specs:
+                self._last_seq = specs[-1].seq
+            if len(specs) < INGEST_BATCH:
+                return
+
+    async def _apply_inbox(self, now: float) -> None:
+        inbox, self._inbox = self._inbox, []
+        for command in inbox:
+            if isinstance(command, _Finished):
+                self._attempts.pop(command.run_id, None)
+                self.engine.finished(command.run_id, command.outcome, now)
+            elif isinstance(command, _Waiting):
+                await self._begin_wait(command, now)
+            elif isinstance(command, _Cancel):
+                await self._apply_cancel(command, now)
+            else:
+                self._apply_change(command, now)
+
+    async def _begin_wait(self, command: _Waiting, now: float) -> None:
+        wait, known = command.wait, {}
+        if isinstance(wait, WaitChildren):
+            missing = self.engine.unresolved_children(command.run_id, wait.child_ids)
+            if missing:
+                known = await self._final_children(missing)
+        self.engine.wait(command.run_id, wait, now, known)
+
+    async def _final_children(self, missing: list[RunId]) -> dict[RunId, ChildResult]:
+        """Results of children the engine does not follow: final ones, read from disk."""
+        assert self._store is not None
+        known = {}
+        for run_id in missing:
+            row = await self._store.outcome(run_id)
+            if row is None:
+                error = ErrorInfo("RunNotFound", f"child run {run_id} does not exist")
+                known[run_id] = ChildResult(run_id, FAILED, None, error)
+            elif row.status in FINAL:
+                known[run_id] = row
+        return known
+
+    async def _apply_cancel(self, command: _Cancel, now: float) -> None:
+        if command.run_id not in self.engine:
+            await self._ingest(now)
+        try:
+            if command.run_id not in self.engine:
+                await self._explain_not_active(command.run_id)
+            self.engine.cancel(command.run_id, now)
+        except KeyqError as exc:
+            command.reply.fail(exc)
+            return
+        self._replies.append(command.reply)
+
+    async def _explain_not_active(self, run_id: RunId) -> None:
+        assert self._store is not None
+        row = await self._store.outcome(run_id)
+        if row is None:
+            raise RunNotFoundError(run_id)
+        raise RunStateError(f"run {run_id} is already {row.status.value}")
+
+    def _apply_change(self, command: _Apply, now: float) -> None:
+        try:
+            command.change(self.engine, now)
+        except KeyqError as exc:
+            command.reply.fail(exc)
+            return
+        self._replies.append(command.reply)
+
+    # --- executing a step -----------------------------------------------------------------
+
+    async def _execute(self, step: Step) -> None:
+        if step.transitions:
+            await self._commit(step.transitions)
+            log_transitions(self.log, step.transitions, self.config.log.payloads)
+            self._resolve_results(step.transitions)
+        replies, self._replies = self._replies, []
+        for reply in replies:
+            reply.set(None)
+        for start in step.start:
+            self._launch(start)
+        for run_id in step.cancel:
+            scope = self._attempts.get(run_id)
+            if scope is not None:
+                scope.cancel()
+
+    async def _commit(self, transitions: Sequence[Transition]) -> None:
+        """Persist, shielded from cancellation, retrying (without acting) while the disk fails."""
+        assert self._store is not None
+        delay = 0.05
+        while True:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._store.commit(transitions)
+                return
+            except StoreError as exc:
+                self.log.error("commit_failed", error=str(exc), retry_in_s=delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _launch(self, start: StartRun) -> None:
+        if start.resumed:
+            slot = self._suspended.pop(start.run_id, None)
+            if slot is not None:
+                slot.set(start.children)
+                return
+        assert self._tg is not None
+        self._attempts[start.run_id] = None
+        self._tg.start_soon(self._attempt, start, name=f"keyq run {start.run_id}")
+
+    async def _attempt(self, start: StartRun) -> None:
+        ctx = Context(start, self)
+        task = self.registry.tasks.get(start.task)
+        outcome: Outcome = Cancelled()
+        with anyio.CancelScope() as scope:
+            self._attempts[start.run_id] = scope
+            outcome = await run_attempt(task, start.payload, ctx)
+        self._post(_Finished(start.run_id, outcome))
+
+    def _resolve_results(self, transitions: Sequence[Transition]) -> None:
+        if not self._result_waiters:
+            return
+        for t in transitions:
+            if t.to in FINAL and t.run_id in self._result_waiters:
+                result = RunResult.from_stored(t.run_id, t.to, t.result, t.error)
+                for slot in self._result_waiters.pop(t.run_id):
+                    slot.set(result)
+
+    # --- waking, idling, draining ---------------------------------------------------------
+
+    def _post(self, command: _Command) -> None:
+        self._inbox.append(command)
+        self._wake.set()
+
+    def _wakeup(self) -> None:
+        self._wake.set()
+
+    def poke(self) -> None:
+        """New runs were inserted: read them now instead of at the next poll."""
+        self._poked = True
+        self._wake.set()
+
+    def _executing(self) -> bool:
+        return any(run_id not in self._suspended for run_id in self._attempts)
+
+    def _check_drained(self) -> None:
+        if self._stopping and self.engine.limits.running == 0 and not self._executing():
+            self._drained.set()
+
+    def _notify_idle(self) -> None:
+        if self._idle_waiters and not self._executing():
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for event in waiters:
+                event.set()
+
+    async def until_idle(self) -> None:
+        """Return once nothing is executing or due and every trigger has been read (tests)."""
+        event = anyio.Event()
+        self._idle_waiters.append(event)
+        self.poke()
+        await event.wait()
+
+    # --- for attempts (AttemptHost) and producers -------------------------------------------
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    async def suspend(self, run_id: str, wait: Wait) -> tuple[ChildResult, ...]:
+        """Called by a running attempt: wait holding no slot; returns waited children."""
+        slot: Slot[tuple[ChildResult, ...]] = Slot()
+        self._suspended[run_id] = slot
+        self._post(_Waiting(run_id, wait))
+        try:
+            return await slot.wait()
+        finally:
+            self._suspended.pop(run_id, None)
+
+    async def submit_triggers(
+        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
+    ) -> list[RunHandle]:
+        """Durably insert runs and have this daemon read them at once."""
+        return await self._producer.submit_triggers(requests, parent_id)
+
+    # --- operations ---------------------------------------------------------------------------
+
+    async def cancel(self, run_id: RunId) -> None:
+        """Cancel a run; returns once the cancel is on disk (a RUNNING run stops soon after)."""
+        reply: Slot[None] = Slot()
+        self._post(_Cancel(run_id, reply))
+        await reply.wait()
+
+    async def change_limits(self, change: Callable[[Engine, float], None]) -> None:
+        """Apply a live limit change to the engine from inside the loop."""
+        reply: Slot[None] = Slot()
+        self._post(_Apply(change, reply))
+        await reply.wait()
+
+    async def result(self, run_id: RunId) -> RunResult:
+        """Wait until the run is final and return how it ended."""
+        assert self._store is not None
+        slot: Slot[RunResult] = Slot()
+        self._result_waiters.setdefault(run_id, []).append(slot)
+        try:
+            row = await self._store.outcome(run_id)
+            if row is None:
+                raise RunNotFoundError(run_id)
+            if row.status in FINAL:
+                return RunResult.from_stored(run_id, row.status, row.output, row.error)
+            return await slot.wait()
+        finally:
+            waiters = self._result_waiters.get(run_id)
+            if waiters and slot in waiters:
+                waiters.remove(slot)
+                if not waiters:
+                    del self._result_waiters[run_id]
+
+    def state_of(self, run_id: RunId) -> RunState | None:
+        """The run's state if it is active in this daemon, else None."""
+        return self.engine.state_of(run_id)
+
+    def statistics(self) -> Any:
+        return self.engine.statistics()

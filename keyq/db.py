@@ -1,0 +1,116 @@
+"""SQLite connections: pragmas, schema migrations and the named queries.
+
+Every connection keyq opens, sync (producers, CLI) or async (the daemon), gets
+its pragmas from :func:`configure`: WAL, ``synchronous`` from the durability
+setting, and a busy timeout, so writers from several processes wait their
+turn instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import LiteralString, cast
+
+from keyq.errors import StoreError, map_store_errors
+
+MIGRATIONS: tuple[str, ...] = ("001_initial.sql",)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _load_queries() -> dict[str, LiteralString]:
+    text = resources.files("keyq.sql").joinpath("queries.sql").read_text(encoding="utf-8")
+    queries: dict[str, LiteralString] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        queries[name.strip()] = cast(LiteralString, body.strip().rstrip(";"))
+    return queries
+
+
+QUERIES = _load_queries()
+
+
+def pragmas(durability: str, lock_timeout_s: float) -> list[str]:
+    """The statements that set up a connection; one place, asserted by a test."""
+    synchronous = "FULL" if durability == "full" else "NORMAL"
+    timeout_ms = max(1, int(lock_timeout_s * 1000))
+    return [
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = " + synchronous,
+        f"PRAGMA busy_timeout = {timeout_ms}",
+        "PRAGMA foreign_keys = OFF",
+    ]
+
+
+def configure(conn: sqlite3.Connection, durability: str, lock_timeout_s: float) -> None:
+    for statement in pragmas(durability, lock_timeout_s):
+        conn.execute(statement)
+
+
+def ensure_file(path: Path) -> None:
+    """Create the database file owner-only before SQLite does (WAL files inherit its mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+def connect(
+    path: Path, durability: str = "full", lock_timeout_s: float = 5.0
+) -> sqlite3.Connection:
+    """A configured, migrated sync connection in autocommit mode (transactions are explicit)."""
+    with map_store_errors(f"opening database {path}"):
+        ensure_file(path)
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=lock_timeout_s
+        )
+        configure(conn, durability, lock_timeout_s)
+        migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema up to :data:`SCHEMA_VERSION`, one transaction per migration."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema version {version} is newer than this keyq understands "
+            f"({SCHEMA_VERSION}); upgrade keyq"
+        )
+    while version < SCHEMA_VERSION:
+        with transaction(conn):
+            # Another process may have migrated while we waited for the lock.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                _apply(conn, MIGRATIONS[version])
+                version += 1
+                conn.execute(f"PRAGMA user_version = {version}")
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE (take the write lock now, waiting up to busy_timeout) ... COMMIT."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _apply(conn: sqlite3.Connection, name: str) -> None:
+    script = resources.files("keyq.sql").joinpath(name).read_text(encoding="utf-8")
+    # executescript would COMMIT our transaction; run the statements one by one.
+    statement = ""
+    for line in script.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        statement += line + "\n"
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""

@@ -1,0 +1,531 @@
+"""The engine: every active run's state, slots and timers, decided without I/O.
+
+The engine is a value-in, value-out object in the style of h11's
+``ConnectionState``: its methods take ``now`` and mutate in-memory state, and
+``tick(now)`` hands back one :class:`~keyq.model.Step` holding everything the
+shell must do: the transitions to persist (in one transaction), then the runs
+to start and the attempts to cancel. It never awaits, logs or reads a clock.
+
+Invariants kept at every step (and checked by :meth:`Engine.audit`):
+
+* a run is in exactly one state; final runs leave the engine;
+* exactly the RUNNING runs hold a slot, one at every level;
+* after ``tick``, no queued run could start within the limits (no idle slot);
+* a slot is never taken beyond a limit (``Limits.acquire`` refuses).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from keyq.dispatch import Dispatcher
+from keyq.errors import RunStateError
+from keyq.limits import Key, Limits, QueueLimit
+from keyq.model import (
+    RESUME_PRIORITY,
+    ChildResult,
+    Completed,
+    ErrorInfo,
+    Failed,
+    Outcome,
+    RunId,
+    RunSpec,
+    StartRun,
+    Step,
+    Transition,
+    Wait,
+    WaitChildren,
+    WaitUntil,
+)
+from keyq.retry import DEFAULT_RETRY, Retry
+from keyq.states import (
+    CANCELED,
+    COMPLETED,
+    DELAYED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    WAITING,
+    RunState,
+    check_transition,
+)
+from keyq.timers import Deadlines
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPolicy:
+    """What the engine needs to know of a task: its retry policy and time budget."""
+
+    retry: Retry = DEFAULT_RETRY
+    max_duration_s: float | None = None
+
+
+DEFAULT_POLICY = TaskPolicy()
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    id: RunId
+    seq: int
+    task: str
+    queue: str
+    key: Key
+    priority: int
+    payload: str
+    max_attempts: int
+    state: RunState
+    attempt: int
+    parent_id: RunId | None
+    wait: Wait | None = None
+    resume: bool = False  # the next start continues a waiting attempt
+    restart: bool = False  # the next start follows an interrupted attempt
+    cancel_reason: str | None = None  # why the engine asked the runner to stop
+    used_s: float = 0.0  # running time spent by the current attempt
+    span_started_at: float = 0.0
+    child_results: dict[RunId, ChildResult] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    """Counts of active runs by state, and of slots in use."""
+
+    queued: int
+    delayed: int
+    running: int
+    waiting: int
+    burst_limit: int
+    base_limit: int
+
+
+class Engine:
+    """Holds the active runs and decides, on every tick, what starts next."""
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        policies: Mapping[str, TaskPolicy] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.limits = limits if limits is not None else Limits()
+        self._policies: dict[str, TaskPolicy] = dict(policies or {})
+        self._rng = rng if rng is not None else random.Random()
+        self._runs: dict[RunId, _Run] = {}
+        self._dispatcher = Dispatcher()
+        self._wakeups: Deadlines[RunId] = Deadlines()  # DELAYED -> QUEUED, wait deadlines
+        self._timeouts: Deadlines[RunId] = Deadlines()  # max_duration of RUNNING runs
+        self._counts: Counter[RunState] = Counter()
+        self._watchers: dict[RunId, list[RunId]] = {}  # child -> waiting non-parents
+        self._holding = False  # draining: start nothing new
+        self._transitions: list[Transition] = []
+        self._starts: list[StartRun] = []
+        self._cancels: list[RunId] = []
+
+    # --- runs entering ------------------------------------------------------------
+
+    def submit(self, spec: RunSpec) -> bool:
+        """Adopt a stored QUEUED or DELAYED run; False if the engine already has it."""
+        if spec.id in self._runs:
+            return False
+        if spec.state not in (QUEUED, DELAYED):
+            raise RunStateError(f"run {spec.id}: cannot submit a run that is {spec.state}")
+        run = self._adopt(spec)
+        if spec.queue_limit is not None:
+            self._apply_trigger_override(spec.queue, spec.queue_limit)
+        if run.state is DELAYED:
+            self._wakeups.push(run.id, spec.available_at)
+        else:
+            self._dispatcher.push(run.id, run.queue, run.key, run.priority)
+        return True
+
+    def recover(self, spec: RunSpec, now: float) -> None:
+        """Adopt a run loaded at start-up; an attempt the crash cut short is re-queued.
+
+        A RUNNING or WAITING run lost its coroutine with the process: it becomes
+        QUEUED as an interrupted attempt if it has attempts left, else FAILED.
+        """
+        interrupted = spec.state in (RUNNING, WAITING) or spec.wait is not None
+        if not interrupted:
+            self.submit(spec)
+            return
+        run = self._adopt(spec)
+        if run.attempt < run.max_attempts:
+            run.restart = True
+            if run.state is not QUEUED:
+                self._move(run, QUEUED, now, "interrupted")
+            self._dispatcher.push(run.id, run.queue, run.key, run.priority)
+        else:
+            error = ErrorInfo("Interrupted", "the daemon stopped during the last attempt")
+            self._finish(run, FAILED, now, "interrupted", error=error)
+
+    def _adopt(self, spec: RunSpec) -> _Run:
+        run = _Run(
+            id=spec.id,
+            seq=spec.seq,
+            task=spec.task,
+            queue=spec.queue,
+            key=spec.concurrency_key,
+            priority=spec.priority,
+            payload=spec.payload,
+            max_attempts=spec.max_attempts,
+            state=spec.state,
+            attempt=spec.attempt,
+            parent_id=spec.parent_id,
+        )
+        self._runs[run.id] = run
+        self._counts[run.state] += 1
+        return run
+
+    def _apply_trigger_override(self, queue: str, concurrency_limit: int) -> None:
+        current = self.limits.queue_limit(queue)
+        if current.concurrency_limit != concurrency_limit:
+            self.set_queue_limit(queue, QueueLimit(concurrency_limit, current.total_limit))
+
+    # --- outcomes from the shell ------------------------------------------------------
+
+    def finished(self, run_id: RunId, outcome: Outcome, now: float) -> None:
+        """An attempt ended; record it and free its slot."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return  # already final: a cancel of a WAITING run reports its stopped coroutine
+        if run.state is not RUNNING:
+            raise RunStateError(f"run {run_id}: an attempt ended while the run is {run.state}")
+        self._leave_running(run, now)
+        if isinstance(outcome, Completed):
+            self._finish(run, COMPLETED, now, "completed", result=outcome.result)
+        elif isinstance(outcome, Failed):
+            self._attempt_failed(run, now, outcome.error, outcome.retryable, "failed")
+        elif run.cancel_reason == "canceled":
+            self._finish(run, CANCELED, now, "canceled")
+        elif run.cancel_reason == "timeout":
+            budget = self._policy(run).max_duration_s
+            error = ErrorInfo("Timeout", f"attempt exceeded max_duration of {budget} s")
+            self._attempt_failed(run, now, error, True, "timeout")
+        else:
+            self._interrupted(run, now)
+
+    def wait(
+        self,
+        run_id: RunId,
+        wait: Wait,
+        now: float,
+        known: Mapping[RunId, ChildResult] | None = None,
+    ) -> None:
+        """A RUNNING run reached a waitpoint: it gives its slot back and waits.
+
+        For children, ``known`` carries the results of children that were
+        already final before this wait (an idempotency key matched an old run):
+        the shell reads them from the store, see :meth:`unresolved_children`.
+        """
+        run = self._require(run_id, RUNNING)
+        self._leave_running(run, now)
+        run.wait = wait
+        self._move(run, WAITING, now, "wait")
+        if isinstance(wait, WaitUntil):
+            self._wakeups.push(run.id, wait.resume_at)
+            return
+        run.child_results.update(known or {})
+        for child in wait.child_ids:
+            active = self._runs.get(child)
+            if active is not None and active.parent_id != run.id:
+                self._watchers.setdefault(child, []).append(run.id)
+        if all(child in run.child_results for child in wait.child_ids):
+            self._resume(run, now, "children_done")
+
+    def unresolved_children(self, run_id: RunId, child_ids: tuple[RunId, ...]) -> list[RunId]:
+        """Children the engine cannot follow: neither active nor already reported."""
+        run = self._runs.get(run_id)
+        results = run.child_results if run is not None else {}
+        return [c for c in child_ids if c not in self._runs and c not in results]
+
+    def cancel(self, run_id: RunId, now: float) -> None:
+        """Cancel an active run. A RUNNING one ends when its attempt has stopped."""
+        run = self._runs.get(run_id)
+        if run is None:
+            raise RunStateError(f"run {run_id} is not active")
+        if run.state is RUNNING:
+            if run.cancel_reason != "canceled":
+                run.cancel_reason = "canceled"
+                self._cancels.append(run.id)
+            return
+        if run.state is QUEUED:
+            self._dispatcher.discard(run.id)
+        elif run.state is WAITING:
+            self._cancels.append(run.id)  # stop the suspended coroutine
+        self._finish(run, CANCELED, now, "canceled")
+
+    def hold_starts(self) -> None:
+        """Start nothing from now on (graceful shutdown); running attempts carry on."""
+        self._holding = True
+
+    def interrupt_all(self, now: float) -> None:
+        """Ask every RUNNING attempt to stop, to be re-queued (shutdown past its grace)."""
+        for run in self._runs.values():
+            if run.state is RUNNING and run.cancel_reason is None:
+                run.cancel_reason = "interrupted"
+                self._cancels.append(run.id)
+
+    # --- limits ----------------------------------------------------------------------
+
+    def set_policies(self, policies: Mapping[str, TaskPolicy]) -> None:
+        self._policies = dict(policies)
+
+    def set_environment(self, concurrency: int, burst_factor: float) -> None:
+        self.limits.set_environment(concurrency, burst_factor)
+        self._dispatcher.limits_changed(self.limits)
+
+    def configure_limits(
+        self,
+        queues: Mapping[str, tuple[QueueLimit, bool]],
+        keys: Mapping[tuple[str, Key], tuple[int | None, bool]],
+    ) -> None:
+        """Set many queue and key limits and pauses at once (start-up, reload)."""
+        for name, (limit, paused) in queues.items():
+            self.limits.set_queue(name, limit)
+            self.limits.set_queue_paused(name, paused)
+        for (queue, key), (key_limit, paused) in keys.items():
+            self.limits.set_key_limit(queue, key, key_limit)
+            self.limits.set_key_paused(queue, key, paused)
+        self._dispatcher.limits_changed(self.limits)
+
+    def set_queue_limit(self, queue: str, limit: QueueLimit) -> None:
+        self.limits.set_queue(queue, limit)
+        self._dispatcher.limits_changed(self.limits)
+
+    def set_key_limit(self, queue: str, key: Key, limit: int | None) -> None:
+        self.limits.set_key_limit(queue, key, limit)
+        self._dispatcher.limits_changed(self.limits)
+
+    def set_queue_paused(self, queue: str, paused: bool) -> None:
+        self.limits.set_queue_paused(queue, paused)
+        self._dispatcher.limits_changed(self.limits)
+
+    def set_key_paused(self, queue: str, key: Key, paused: bool) -> None:
+        self.limits.set_key_paused(queue, key, paused)
+        self._dispatcher.limits_changed(self.limits)
+
+    # --- time ---------------------------------------------------------------------------
+
+    def tick(self, now: float) -> Step:
+        """Fire due timers, start what may start, and hand back everything to do."""
+        for run_id in self._wakeups.pop_due(now):
+            run = self._runs[run_id]
+            if run.state is DELAYED:
+                self._move(run, QUEUED, now, "delay_over")
+                self._dispatcher.push(run.id, run.queue, run.key, run.priority)
+            else:
+                self._resume(run, now, "wait_done")
+        for run_id in self._timeouts.pop_due(now):
+            run = self._runs[run_id]
+            if run.cancel_reason is None:
+                run.cancel_reason = "timeout"
+                self._cancels.append(run_id)
+        self._dispatch(now)
+        return self._take_step()
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` next has timed work to do, or None."""
+        deadlines = (self._wakeups.next_deadline(), self._timeouts.next_deadline())
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
+
+    # --- inspection -------------------------------------------------------------------
+
+    def __contains__(self, run_id: RunId) -> bool:
+        return run_id in self._runs
+
+    def state_of(self, run_id: RunId) -> RunState | None:
+        run = self._runs.get(run_id)
+        return run.state if run is not None else None
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def statistics(self) -> EngineStatistics:
+        c = self._counts
+        return EngineStatistics(
+            queued=c[QUEUED],
+            delayed=c[DELAYED],
+            running=c[RUNNING],
+            waiting=c[WAITING],
+            burst_limit=self.limits.burst,
+            base_limit=self.limits.base,
+        )
+
+    def queued_in(self, queue: str, key: Key) -> int:
+        return self._dispatcher.queued_in(queue, key)
+
+    def audit(self) -> list[str]:
+        """Check every invariant by a full walk (tests, ``keyq doctor``; never the hot path)."""
+        problems: list[str] = []
+        by_state = Counter(run.state for run in self._runs.values())
+        if +by_state != +self._counts:
+            problems.append(f"state counts {dict(self._counts)} != actual {dict(by_state)}")
+        for run in self._runs.values():
+            holds = self.limits.holds(run.id)
+            if holds != (run.state is RUNNING):
+                problems.append(f"run {run.id} is {run.state} and holds a slot: {holds}")
+            if run.state is QUEUED and run.id not in self._dispatcher:
+                problems.append(f"run {run.id} is queued but not in the dispatcher")
+            if run.state is QUEUED and self.limits.can_start(run.queue, run.key):
+                problems.append(f"run {run.id} could start but is left queued")
+        if self.limits.running != by_state[RUNNING]:
+            problems.append(f"{self.limits.running} slots held by {by_state[RUNNING]} runs")
+        return problems
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        if self._holding:
+            return
+        while (popped := self._dispatcher.pop(self.limits)) is not None:
+            self._start(self._runs[popped.run_id], now)
+
+    def _start(self, run: _Run, now: float) -> None:
+        self.limits.acquire(run.id, run.queue, run.key)
+        if run.resume:
+            reason = "resumed"
+        else:
+            run.attempt += 1
+            run.used_s = 0.0
+            reason = "restarted" if run.restart else "started"
+        children = self._waited_children(run)
+        resumed, run.resume, run.restart, run.wait = run.resume, False, False, None
+        self._move(run, RUNNING, now, reason)
+        run.span_started_at = now
+        budget = self._policy(run).max_duration_s
+        if budget is not None:
+            self._timeouts.push(run.id, now + max(0.0, budget - run.used_s))
+        self._starts.append(
+            StartRun(
+                run.id, run.task, run.queue, run.key, run.attempt, run.payload, resumed, children
+            )
+        )
+
+    def _waited_children(self, run: _Run) -> tuple[ChildResult, ...]:
+        if run.resume and isinstance(run.wait, WaitChildren):
+            return tuple(run.child_results.pop(child) for child in run.wait.child_ids)
+        return ()
+
+    def _leave_running(self, run: _Run, now: float) -> None:
+        self._timeouts.cancel(run.id)
+        run.used_s += now - run.span_started_at
+        self.limits.release(run.id)
+        self._dispatcher.unblocked(run.queue, run.key, self.limits)
+
+    def _attempt_failed(
+        self, run: _Run, now: float, error: ErrorInfo, retryable: bool, reason: str
+    ) -> None:
+        run.cancel_reason = None
+        if retryable and run.attempt < run.max_attempts:
+            retry_at = now + self._policy(run).retry.delay_s(run.attempt, self._rng)
+            self._move(run, DELAYED, now, "retry", error=error, available_at=retry_at)
+            self._wakeups.push(run.id, retry_at)
+        else:
+            self._finish(run, FAILED, now, reason, error=error)
+
+    def _interrupted(self, run: _Run, now: float) -> None:
+        run.cancel_reason = None
+        if run.attempt < run.max_attempts:
+            run.restart = True
+            self._move(run, QUEUED, now, "interrupted")
+            self._dispatcher.push(run.id, run.queue, run.key, run.priority)
+        else:
+            error = ErrorInfo("Interrupted", "the daemon stopped during the last attempt")
+            self._finish(run, FAILED, now, "interrupted", error=error)
+
+    def _resume(self, run: _Run, now: float, reason: str) -> None:
+        run.resume = True
+        self._move(run, QUEUED, now, reason)
+        self._dispatcher.push(run.id, run.queue, run.key, RESUME_PRIORITY)
+
+    def _finish(
+        self,
+        run: _Run,
+        to: RunState,
+        now: float,
+        reason: str,
+        result: str | None = None,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        self._move(run, to, now, reason, result=result, error=error)
+        self._counts[to] -= 1  # final runs are not counted: they leave the engine
+        del self._runs[run.id]
+        self._wakeups.cancel(run.id)
+        self._timeouts.cancel(run.id)
+        waiting = self._watchers.pop(run.id, [])
+        if run.parent_id is not None:
+            waiting.append(run.parent_id)
+        for waiter_id in waiting:
+            self._child_finished(waiter_id, ChildResult(run.id, to, result, error), now)
+
+    def _child_finished(self, waiter_id: RunId, child: ChildResult, now: float) -> None:
+        waiter = self._runs.get(waiter_id)
+        if waiter is None:
+            return
+        waiter.child_results[child.run_id] = child
+        wait = waiter.wait
+        if (
+            waiter.state is WAITING
+            and isinstance(wait, WaitChildren)
+            and all(c in waiter.child_results for c in wait.child_ids)
+        ):
+            self._resume(waiter, now, "children_done")
+
+    def _move(
+        self,
+        run: _Run,
+        to: RunState,
+        now: float,
+        reason: str,
+        *,
+        result: str | None = None,
+        error: ErrorInfo | None = None,
+        available_at: float | None = None,
+    ) -> None:
+        check_transition(run.id, run.state, to)
+        self._transitions.append(
+            Transition(
+                run.id,
+                run.seq,
+                run.task,
+                run.queue,
+                run.key,
+                now,
+                run.state,
+                to,
+                reason,
+                run.attempt,
+                available_at=available_at,
+                result=result,
+                error=error,
+                wait=run.wait,
+            )
+        )
+        self._counts[run.state] -= 1
+        self._counts[to] += 1
+        run.state = to
+
+    def _require(self, run_id: RunId, state: RunState) -> _Run:
+        run = self._runs.get(run_id)
+        if run is None or run.state is not state:
+            actual = run.state if run is not None else "not active"
+            raise RunStateError(f"run {run_id} is {actual}, expected {state}")
+        return run
+
+    def _policy(self, run: _Run) -> TaskPolicy:
+        return self._policies.get(run.task, DEFAULT_POLICY)
+
+    def _take_step(self) -> Step:
+        if not (self._transitions or self._starts or self._cancels):
+            return _EMPTY_STEP
+        step = Step(tuple(self._transitions), tuple(self._starts), tuple(self._cancels))
+        self._transitions.clear()
+        self._starts.clear()
+        self._cancels.clear()
+        return step
+
+
+_EMPTY_STEP = Step()

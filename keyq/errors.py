@@ -1,0 +1,98 @@
+"""The keyq error hierarchy.
+
+Every error a user can meet derives from :class:`KeyqError`. Each class's
+docstring says when it is raised; messages name the offending key or field and
+its value, so that a CLI user can fix the input without reading code.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class KeyqError(Exception):
+    """Base class of every error keyq raises on purpose."""
+
+
+class ConfigError(KeyqError):
+    """The configuration file or a config value is invalid (names the dotted key)."""
+
+
+class DefinitionError(KeyqError):
+    """A queue or task definition is invalid (bad id, duplicate id, bad limit)."""
+
+
+class TriggerError(KeyqError):
+    """A trigger was refused before anything was stored (names the field)."""
+
+
+class UnknownTaskError(TriggerError, LookupError):
+    """A trigger named a task id that no loaded module defines."""
+
+    def __init__(self, task_id: str, known: list[str]) -> None:
+        hint = ", ".join(sorted(known)[:20]) or "none; pass --app or set `tasks` in config"
+        super().__init__(f"unknown task {task_id!r} (known tasks: {hint})")
+        self.task_id = task_id
+
+
+class PayloadError(TriggerError):
+    """A payload is not JSON, or is larger than max_payload_bytes."""
+
+
+class RunNotFoundError(KeyqError, LookupError):
+    """No run with this id exists in the database."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run with id {run_id!r}")
+        self.run_id = run_id
+
+
+class IllegalTransition(KeyqError):
+    """A run was asked to move between two states the state table does not connect."""
+
+
+class RunStateError(KeyqError):
+    """An operation does not apply to a run in its current state (cancel a finished run)."""
+
+
+class SlotError(KeyqError):
+    """Slot accounting was misused: a double acquire or a release without an acquire (a bug)."""
+
+
+class StoreError(KeyqError):
+    """The SQLite database failed: disk full, I/O error, corrupt file (wraps the cause)."""
+
+
+class DatabaseBusyError(StoreError):
+    """Another process held the database's write lock for longer than the lock timeout."""
+
+
+class DaemonAlreadyRunningError(KeyqError):
+    """A second daemon was started on a database that a running daemon already owns."""
+
+
+class DaemonNotRunningError(KeyqError):
+    """A live operation needs the daemon and no daemon owns this database."""
+
+
+class WaitError(KeyqError):
+    """A wait was used outside a running task, or with invalid arguments."""
+
+
+@contextmanager
+def map_store_errors(what: str) -> Iterator[None]:
+    """Translate sqlite3 errors raised by ``what`` into :class:`StoreError`.
+
+    "database is locked" becomes :class:`DatabaseBusyError`; a full disk keeps
+    SQLite's own wording ("database or disk is full") so the cause is visible.
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise DatabaseBusyError(f"{what}: {exc}") from exc
+        raise StoreError(f"{what}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{what}: {exc}") from exc

@@ -1,0 +1,21 @@
+"""Run ids: ``run_`` + 26 Crockford base32 characters, time-ordered like a ULID.
+
+Ids sort by creation time (to the millisecond) and carry 80 random bits, so
+producers in different processes never need to coordinate.
+"""
+
+from __future__ import annotations
+
+import os
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_run_id(now: float) -> str:
+    """A new run id for a run created at ``now`` (epoch seconds)."""
+    value = (int(now * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_ALPHABET[digit])
+    return "run_" + "".join(reversed(chars))

@@ -1,0 +1,103 @@
+"""One daemon per database: the lock file, the pid in it, and the control socket path.
+
+The daemon holds an exclusive ``flock`` on ``<database>.lock`` for its whole
+life. A second daemon fails to take it and says who holds it. The CLI takes the
+same lock briefly when it must change the database while no daemon runs
+(cancelling a run, say), so a daemon cannot start halfway through that change.
+flock needs a local file system, which SQLite's WAL mode needs anyway.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from keyq.errors import DaemonAlreadyRunningError
+
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; leave room
+
+
+def lock_path(database: Path) -> Path:
+    return database.with_name(database.name + ".lock")
+
+
+def socket_path(database: Path) -> Path:
+    """The control socket: next to the database, or in the runtime dir if that path is too long."""
+    beside = database.with_name(database.name + ".sock")
+    if len(os.fsencode(beside)) <= _MAX_SOCKET_PATH:
+        return beside
+    digest = hashlib.sha256(os.fsencode(database.absolute())).hexdigest()[:16]
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(runtime) / f"keyq-{os.getuid()}-{digest}.sock"
+
+
+class InstanceLock:
+    """An exclusive, non-blocking flock on the database's lock file."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = lock_path(database)
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if free; False if a daemon (or another holder) has it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def acquire_for_daemon(self) -> None:
+        """Take the lock and record our pid, or raise naming the daemon that holds it."""
+        if not self.try_acquire():
+            pid = read_pid(self.path)
+            who = f"pid {pid}" if pid else "another process"
+            raise DaemonAlreadyRunningError(
+                f"a keyq daemon ({who}) already runs on this database; "
+                f"stop it first (lock file {self.path})"
+            )
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> InstanceLock:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def daemon_running(database: Path) -> bool:
+    """True if a daemon holds the database's lock right now."""
+    probe = InstanceLock(database)
+    if probe.try_acquire():
+        probe.release()
+        return False
+    return True

@@ -1,0 +1,231 @@
+"""Three-level slot accounting: key, queue, environment.
+
+A *bucket* is one ``(queue, concurrency_key)`` pair; runs without a key share the
+queue's ``None`` bucket. A run may start only if all three levels have room:
+
+1. key:         running in the bucket        < the key's limit (the queue's
+                ``concurrency_limit``, or a per-key override; None = unbounded)
+2. queue:       running in the queue          < min(base, queue's ``total_limit``)
+3. environment: running everywhere            < burst = floor(base * burst_factor)
+
+Slots are borrowed by run id (as trio's CapacityLimiter does): a double acquire
+or a release of a slot that was never acquired is a bug and raises
+:class:`SlotError`. Lowering a limit never preempts: it only holds new starts
+back until the count is under it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from keyq.errors import SlotError
+from keyq.model import RunId
+
+Key = str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimit:
+    """A queue's limits: ``concurrency_limit`` per key, ``total_limit`` over all keys."""
+
+    concurrency_limit: int | None = None
+    total_limit: int | None = None
+
+
+@dataclass(slots=True)
+class _QueueSlots:
+    limit: QueueLimit = field(default_factory=QueueLimit)
+    paused: bool = False
+    running: int = 0
+    running_by_key: dict[Key, int] = field(default_factory=dict)
+    key_limits: dict[Key, int] = field(default_factory=dict)
+    paused_keys: set[Key] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitStatistics:
+    """A snapshot of slot use: what ``keyq stats`` and tests read."""
+
+    running: int
+    burst_limit: int
+    base_limit: int
+    running_by_queue: dict[str, int]
+    running_by_key: dict[tuple[str, Key], int]
+
+
+class Limits:
+    """Counts of RUNNING runs per bucket, per queue and in total, against their limits."""
+
+    def __init__(self, concurrency: int = 200, burst_factor: float = 2.0) -> None:
+        self._base = concurrency
+        self._burst = math.floor(concurrency * burst_factor)
+        self._queues: dict[str, _QueueSlots] = {}
+        self._holders: dict[RunId, tuple[_QueueSlots, Key]] = {}
+
+    # --- configuration ----------------------------------------------------------
+
+    @property
+    def base(self) -> int:
+        return self._base
+
+    @property
+    def burst(self) -> int:
+        return self._burst
+
+    def set_environment(self, concurrency: int, burst_factor: float) -> None:
+        """Change the environment base and burst limits."""
+        self._base = concurrency
+        self._burst = math.floor(concurrency * burst_factor)
+
+    def set_queue(self, queue: str, limit: QueueLimit) -> None:
+        """Set a queue's per-key and total limits."""
+        self._slots(queue).limit = limit
+
+    def queue_limit(self, queue: str) -> QueueLimit:
+        slots = self._queues.get(queue)
+        return slots.limit if slots is not None else QueueLimit()
+
+    def set_key_limit(self, queue: str, key: Key, limit: int | None) -> None:
+        """Override one key's limit in a queue; None removes the override."""
+        slots = self._slots(queue)
+        if limit is None:
+            slots.key_limits.pop(key, None)
+        else:
+            slots.key_limits[key] = limit
+
+    def set_queue_paused(self, queue: str, paused: bool) -> None:
+        """Pause or resume a whole queue: a paused queue starts nothing."""
+        self._slots(queue).paused = paused
+
+    def set_key_paused(self, queue: str, key: Key, paused: bool) -> None:
+        """Pause or resume one key of a queue."""
+        slots = self._slots(queue)
+        if paused:
+            slots.paused_keys.add(key)
+        else:
+            slots.paused_keys.discard(key)
+
+    def queue_paused(self, queue: str) -> bool:
+        slots = self._queues.get(queue)
+        return slots is not None and slots.paused
+
+    def key_paused(self, queue: str, key: Key) -> bool:
+        slots = self._queues.get(queue)
+        return slots is not None and key in slots.paused_keys
+
+    # --- limits ------------------------------------------------------------------
+
+    def key_limit(self, queue: str, key: Key) -> int | None:
+        """The limit of one bucket: a key override, else the queue's concurrency_limit."""
+        slots = self._queues.get(queue)
+        if slots is None:
+            return None
+        override = slots.key_limits.get(key)
+        return override if override is not None else slots.limit.concurrency_limit
+
+    def queue_cap(self, queue: str) -> int:
+        """The most runs of ``queue`` that may run at once over all its keys."""
+        slots = self._queues.get(queue)
+        total = slots.limit.total_limit if slots is not None else None
+        return self._base if total is None else min(total, self._base)
+
+    # --- room --------------------------------------------------------------------
+
+    def env_has_room(self) -> bool:
+        return len(self._holders) < self._burst
+
+    def queue_has_room(self, queue: str) -> bool:
+        slots = self._queues.get(queue)
+        if slots is None:
+            return self._base > 0
+        return not slots.paused and slots.running < self.queue_cap(queue)
+
+    def bucket_has_room(self, queue: str, key: Key) -> bool:
+        slots = self._queues.get(queue)
+        if slots is None:
+            return True
+        if key in slots.paused_keys:
+            return False
+        limit = self.key_limit(queue, key)
+        return limit is None or slots.running_by_key.get(key, 0) < limit
+
+    def can_start(self, queue: str, key: Key) -> bool:
+        """True when a run of this bucket could start without breaking any level."""
+        return (
+            self.env_has_room() and self.queue_has_room(queue) and self.bucket_has_room(queue, key)
+        )
+
+    # --- borrowing ---------------------------------------------------------------
+
+    def acquire(self, run_id: RunId, queue: str, key: Key) -> None:
+        """Take one slot at every level for ``run_id``.
+
+        Refuses (SlotError) rather than exceed a limit: the dispatcher checks
+        first, and this second check is what makes "never over a limit" hold
+        even if the dispatcher had a bug.
+        """
+        if run_id in self._holders:
+            raise SlotError(f"run {run_id} already holds a slot")
+        if not self.env_has_room():
+            raise SlotError(f"run {run_id}: environment limit {self._burst} reached")
+        if not self.queue_has_room(queue):
+            raise SlotError(f"run {run_id}: queue {queue!r} is paused or at its limit")
+        if not self.bucket_has_room(queue, key):
+            raise SlotError(f"run {run_id}: key {key!r} of queue {queue!r} is paused or full")
+        slots = self._slots(queue)
+        slots.running += 1
+        slots.running_by_key[key] = slots.running_by_key.get(key, 0) + 1
+        self._holders[run_id] = (slots, key)
+
+    def release(self, run_id: RunId) -> None:
+        """Give back the slot ``run_id`` holds at every level."""
+        try:
+            slots, key = self._holders.pop(run_id)
+        except KeyError:
+            raise SlotError(f"run {run_id} holds no slot to release") from None
+        slots.running -= 1
+        left = slots.running_by_key[key] - 1
+        if left:
+            slots.running_by_key[key] = left
+        else:
+            del slots.running_by_key[key]  # keep memory bounded by active keys
+
+    def holds(self, run_id: RunId) -> bool:
+        return run_id in self._holders
+
+    # --- counts ------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        return len(self._holders)
+
+    def running_in_queue(self, queue: str) -> int:
+        """Runs holding a slot in ``queue``, over all its keys."""
+        slots = self._queues.get(queue)
+        return slots.running if slots is not None else 0
+
+    def running_in_bucket(self, queue: str, key: Key) -> int:
+        """Runs holding a slot in one ``(queue, key)`` bucket."""
+        slots = self._queues.get(queue)
+        return slots.running_by_key.get(key, 0) if slots is not None else 0
+
+    def queue_names(self) -> list[str]:
+        return list(self._queues)
+
+    def statistics(self) -> LimitStatistics:
+        return LimitStatistics(
+            running=len(self._holders),
+            burst_limit=self._burst,
+            base_limit=self._base,
+            running_by_queue={q: s.running for q, s in self._queues.items() if s.running},
+            running_by_key={
+                (q, k): n for q, s in self._queues.items() for k, n in s.running_by_key.items()
+            },
+        )
+
+    def _slots(self, queue: str) -> _QueueSlots:
+        slots = self._queues.get(queue)
+        if slots is None:
+            slots = self._queues[queue] = _QueueSlots()
+        return slots

@@ -1,0 +1,155 @@
+"""Values that flow between the pure core and the shell.
+
+Times are UTC epoch seconds (``float``); names ending in ``_at`` are instants
+and names ending in ``_s`` are durations. Payloads and results travel as JSON
+text: the core never parses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keyq.states import RunState
+
+RunId = str
+
+#: Priority 0 is reserved for runs resuming after a wait: they go ahead of
+#: fresh runs. User priorities are 1 (first) to 10 (last).
+RESUME_PRIORITY = 0
+MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 1, 10, 5
+
+
+# --- waits ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WaitUntil:
+    """Wait until an instant (``ctx.wait.for_`` and ``ctx.wait.until``)."""
+
+    resume_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WaitChildren:
+    """Wait until every listed child run is final (``trigger_and_wait``)."""
+
+    child_ids: tuple[RunId, ...]
+
+
+Wait = WaitUntil | WaitChildren
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Why an attempt failed: the exception's type name and message."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """A run as stored, handed to the engine when it enters (ingest or recovery)."""
+
+    id: RunId
+    seq: int
+    task: str
+    queue: str
+    concurrency_key: str | None
+    priority: int
+    payload: str
+    max_attempts: int
+    state: RunState = RunState.QUEUED
+    attempt: int = 0
+    available_at: float = 0.0
+    created_at: float = 0.0
+    queue_limit: int | None = None  # a trigger-time queue override's limit
+    parent_id: RunId | None = None
+    wait: Wait | None = None  # the stored waitpoint of a waiting (or resuming) run
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change of one run: the durable record and the audit log entry."""
+
+    run_id: RunId
+    seq: int
+    task: str
+    queue: str
+    concurrency_key: str | None
+    at: float
+    from_: RunState | None
+    to: RunState
+    reason: str
+    attempt: int
+    available_at: float | None = None  # when a DELAYED run becomes QUEUED
+    result: str | None = None  # JSON text, on COMPLETED
+    error: ErrorInfo | None = None  # on a failed attempt or FAILED
+    wait: Wait | None = None  # the waitpoint the run is waiting on or resuming from
+
+
+# --- outcomes of one attempt, reported by the runner -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The task function returned; ``result`` is its JSON-encoded return value."""
+
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The task function raised (or its result was not JSON)."""
+
+    error: ErrorInfo
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The attempt stopped because the engine asked (cancel or max_duration)."""
+
+
+Outcome = Completed | Failed | Cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class ChildResult:
+    """How a child run ended, as its waiting parent sees it."""
+
+    run_id: RunId
+    status: RunState
+    output: str | None  # JSON text
+    error: ErrorInfo | None
+
+
+# --- what the shell must do ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartRun:
+    """Start (or resume) one run after the Step's transitions are committed."""
+
+    run_id: RunId
+    task: str
+    queue: str
+    concurrency_key: str | None
+    attempt: int
+    payload: str
+    resumed: bool = False
+    children: tuple[ChildResult, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What the engine decided: persist ``transitions`` in one transaction, then
+    start ``start`` and cancel the attempts in ``cancel``."""
+
+    transitions: tuple[Transition, ...] = ()
+    start: tuple[StartRun, ...] = ()
+    cancel: tuple[RunId, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.transitions or self.start or self.cancel)

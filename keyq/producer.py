@@ -1,0 +1,202 @@
+"""The one way runs enter keyq: a durable INSERT, then a poke to the daemon.
+
+Clients, the CLI, the in-process daemon and tasks triggering children all go
+through :class:`Producer`: every trigger is validated first (nothing is stored
+if one item is bad), inserted in a single transaction, and acknowledged only
+after the commit. The poke afterwards only shortens the daemon's latency; if it
+is lost, the daemon still finds the row.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from keyq import db
+from keyq.errors import DatabaseBusyError, TriggerError, map_store_errors
+from keyq.ids import new_run_id
+from keyq.instance import lock_path, read_pid
+from keyq.registry import Task
+from keyq.results import RunHandle
+from keyq.rows import new_run_params
+from keyq.triggers import NewRun, build_run
+
+if TYPE_CHECKING:
+    from keyq.config import Config
+
+TriggerRequest = tuple[Task, Any, Mapping[str, Any]]
+
+
+def split_item(item: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A batch item ``{"payload": ..., **options}`` as (payload, options)."""
+    if not isinstance(item, Mapping):
+        raise TriggerError(f"batch items must be mappings with a 'payload', got {item!r}")
+    options = dict(item)
+    return options.pop("payload", None), options
+
+
+class Producer:
+    """Inserts runs into one database and pokes its daemon."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        now: Callable[[], float],
+        poke: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._now = now
+        self._poke = poke
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # one transaction at a time on our connection
+
+    @property
+    def database(self) -> Path:
+        return self._config.database
+
+    def trigger_sync(
+        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
+    ) -> list[RunHandle]:
+        """Insert runs durably, then poke the daemon; blocking."""
+        handles = self.insert(requests, parent_id)
+        if any(h.is_new for h in handles):
+            self._poke()
+        return handles
+
+    async def submit_triggers(
+        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
+    ) -> list[RunHandle]:
+        """Insert runs durably in a worker thread, then poke the daemon from the loop."""
+        handles = await anyio.to_thread.run_sync(self.insert, requests, parent_id)
+        if any(h.is_new for h in handles):
+            self._poke()
+        return handles
+
+    def insert(
+        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
+    ) -> list[RunHandle]:
+        """Validate and durably insert runs; blocking. Returns one handle per request."""
+        now = self._now()
+        runs = [
+            build_run(
+                task,
+                payload,
+                options,
+                run_id=new_run_id(now),
+                now=now,
+                max_payload_bytes=self._config.max_payload_bytes,
+                parent_id=parent_id,
+            )
+            for task, payload, options in requests
+        ]
+        with self._lock:
+            return self._commit(runs, now)
+
+    def connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            cfg = self._config
+            self._conn = db.connect(cfg.database, cfg.durability, cfg.lock_timeout_s)
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _commit(self, runs: list[NewRun], now: float) -> list[RunHandle]:
+        conn = self.connection()
+        try:
+            with map_store_errors(f"storing runs in {self.database}"), db.transaction(conn):
+                handles = _insert_runs(conn, runs, now)
+        except DatabaseBusyError as exc:
+            raise DatabaseBusyError(
+                busy_message(self.database, self._config.lock_timeout_s)
+            ) from exc
+        return handles
+
+
+def _insert_runs(conn: sqlite3.Connection, runs: list[NewRun], now: float) -> list[RunHandle]:
+    handles: list[RunHandle] = []
+    plain: list[NewRun] = []
+    seen: dict[tuple[str, str], str] = {}
+    for run in runs:
+        if run.idempotency_key is None:
+            plain.append(run)
+            handles.append(RunHandle(run.id, run.task))
+            continue
+        scope = (run.task, run.idempotency_key)
+        existing = seen.get(scope) or _find_idempotent(conn, scope)
+        if existing is not None:
+            handles.append(RunHandle(existing, run.task, is_new=False))
+            continue
+        seen[scope] = run.id
+        plain.append(run)
+        handles.append(RunHandle(run.id, run.task))
+    conn.executemany(db.QUERIES["insert_run"], [new_run_params(r) for r in plain])
+    overrides = {r.queue: r.queue_limit for r in plain if r.queue_limit is not None}
+    conn.executemany(
+        db.QUERIES["set_queue_limit_from_trigger"],
+        [(queue, limit, now) for queue, limit in overrides.items()],
+    )
+    return handles
+
+
+def _find_idempotent(conn: sqlite3.Connection, scope: tuple[str, str]) -> str | None:
+    row = conn.execute(db.QUERIES["find_idempotent"], scope).fetchone()
+    return row[0] if row else None
+
+
+def busy_message(database: Path, timeout_s: float) -> str:
+    pid = read_pid(lock_path(database))
+    holder = (
+        f"the keyq daemon (pid {pid}) or another writer held it"
+        if pid
+        else "another process held a write transaction (no keyq daemon is running)"
+    )
+    return (
+        f"database {database} stayed locked for {timeout_s:g}s: {holder}; "
+        "raise lock_timeout in the config if this is expected"
+    )
+
+
+# --- the producer that `Task.trigger` uses ---------------------------------------------
+
+
+class ProducerLike(Protocol):
+    async def submit_triggers(
+        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
+    ) -> list[RunHandle]: ...
+
+
+_current: ContextVar[ProducerLike | None] = ContextVar("keyq_producer", default=None)
+_default: ProducerLike | None = None
+
+
+def set_current(producer: ProducerLike | None) -> object:
+    """Make ``producer`` what ``Task.trigger`` uses in this context; returns a reset token."""
+    return _current.set(producer)
+
+
+def reset_current(token: object) -> None:
+    _current.reset(token)  # type: ignore[arg-type]
+
+
+def current_producer() -> ProducerLike:
+    """The in-process daemon if one runs in this context, else a client from the config."""
+    producer = _current.get()
+    if producer is not None:
+        return producer
+    global _default
+    if _default is None:
+        from keyq.client import AsyncClient
+
+        _default = AsyncClient()
+    return _default

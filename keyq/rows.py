@@ -1,0 +1,182 @@
+"""The mapping between keyq's values and SQL rows, and the stable JSON of a run.
+
+One module owns every row shape, so the producer's INSERT, the daemon's
+UPDATEs and the CLI's JSON cannot drift apart. The JSON of a run (SPEC §9) is a
+public, versioned format: add fields, never rename or remove them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any
+
+from keyq.model import ErrorInfo, RunSpec, Transition, Wait, WaitChildren, WaitUntil
+from keyq.states import FINAL, RUNNING, RunState
+from keyq.triggers import NewRun
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def iso(ts: float | None) -> str | None:
+    """An epoch time as ISO 8601 UTC with milliseconds, e.g. ``2026-11-22T10:00:00.250Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def event_line(
+    at: float,
+    from_: RunState | None,
+    to: RunState,
+    reason: str,
+    attempt: int,
+    error: ErrorInfo | None = None,
+) -> str:
+    """One timeline entry, as a JSON line appended to ``runs.events``."""
+    event: dict[str, Any] = {
+        "at": at,
+        "from": from_.value if from_ is not None else None,
+        "to": to.value,
+        "reason": reason,
+        "attempt": attempt,
+    }
+    if error is not None:
+        event["error"] = {"type": error.type, "message": error.message}
+    return _dumps(event) + "\n"
+
+
+def error_json(error: ErrorInfo | None) -> str | None:
+    if error is None:
+        return None
+    return _dumps({"type": error.type, "message": error.message, "traceback": error.traceback})
+
+
+def error_from_json(text: str | None) -> ErrorInfo | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    return ErrorInfo(data["type"], data["message"], data.get("traceback"))
+
+
+def wait_json(wait: Wait | None) -> str | None:
+    if wait is None:
+        return None
+    if isinstance(wait, WaitUntil):
+        return _dumps({"kind": "until", "resume_at": wait.resume_at})
+    return _dumps({"kind": "children", "child_ids": list(wait.child_ids)})
+
+
+def wait_from_json(text: str | None) -> Wait | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    if data["kind"] == "until":
+        return WaitUntil(data["resume_at"])
+    return WaitChildren(tuple(data["child_ids"]))
+
+
+def new_run_params(run: NewRun) -> tuple[Any, ...]:
+    """Parameters of the ``insert_run`` query."""
+    return (
+        run.id,
+        run.task,
+        run.queue,
+        run.concurrency_key,
+        run.state.value,
+        run.priority,
+        run.max_attempts,
+        run.payload,
+        _dumps(list(run.tags)),
+        run.idempotency_key,
+        run.queue_limit,
+        run.parent_id,
+        run.created_at,
+        run.available_at,
+        event_line(run.created_at, None, run.state, "triggered", 0),
+    )
+
+
+def transition_params(t: Transition) -> tuple[Any, ...]:
+    """Parameters of the ``apply_transition`` query."""
+    return (
+        t.to.value,
+        t.attempt,
+        t.at if t.to is RUNNING else None,
+        t.at if t.to in FINAL else None,
+        t.result,
+        error_json(t.error),
+        t.available_at,
+        wait_json(t.wait),
+        event_line(t.at, t.from_, t.to, t.reason, t.attempt, t.error),
+        t.seq,
+    )
+
+
+def spec_from_row(row: tuple[Any, ...]) -> RunSpec:
+    """A RunSpec from a ``select_new_runs`` / ``select_active_runs`` row."""
+    (
+        seq,
+        run_id,
+        task,
+        queue,
+        key,
+        status,
+        priority,
+        attempt,
+        max_attempts,
+        payload,
+        queue_limit,
+        parent_id,
+        waitpoint,
+        created_at,
+        available_at,
+    ) = row
+    return RunSpec(
+        id=run_id,
+        seq=seq,
+        task=task,
+        queue=queue,
+        concurrency_key=key,
+        priority=priority,
+        payload=payload,
+        max_attempts=max_attempts,
+        state=RunState(status),
+        attempt=attempt,
+        available_at=available_at,
+        created_at=created_at,
+        queue_limit=queue_limit,
+        parent_id=parent_id,
+        wait=wait_from_json(waitpoint),
+    )
+
+
+def run_json(row: sqlite3.Row, *, events: bool = False) -> dict[str, Any]:
+    """The public JSON of a run (SPEC §9); ``events`` adds the timeline."""
+    error = error_from_json(row["error"])
+    data: dict[str, Any] = {
+        "id": row["id"],
+        "task": row["task"],
+        "queue": row["queue"],
+        "concurrency_key": row["concurrency_key"],
+        "status": row["status"],
+        "priority": row["priority"],
+        "attempt": max(1, row["attempt"]),
+        "max_attempts": row["max_attempts"],
+        "payload": json.loads(row["payload"]),
+        "result": json.loads(row["result"]) if row["result"] is not None else None,
+        "error": {"type": error.type, "message": error.message} if error else None,
+        "tags": json.loads(row["tags"]),
+        "idempotency_key": row["idempotency_key"],
+        "parent_id": row["parent_id"],
+        "created_at": iso(row["created_at"]),
+        "available_at": iso(row["available_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+    }
+    if events:
+        data["events"] = [
+            {**e, "at": iso(e["at"])} for e in map(json.loads, row["events"].splitlines())
+        ]
+    return data

@@ -1,0 +1,53 @@
+"""Run one attempt of a task and report how it ended, as an :data:`~keyq.model.Outcome`.
+
+The runner only calls the function: the payload is decoded from JSON, a sync
+function goes to a worker thread, an exception becomes ``Failed``, and a return
+value that is not JSON fails the attempt without retry. Cancellation
+(``max_duration``, a user's cancel) comes from the daemon's cancel scope around
+this call; the engine, not the runner, decides what it means.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+
+import anyio
+
+from keyq.context import Context, reset_context, set_context
+from keyq.model import Completed, ErrorInfo, Failed, Outcome
+from keyq.registry import Task
+
+_MAX_TRACEBACK = 8000  # characters kept in the run's record
+
+
+async def run_attempt(task: Task | None, payload: str, ctx: Context) -> Outcome:
+    """Execute the task function once; never raises except for cancellation."""
+    if task is None:
+        message = f"no task {ctx.task_id!r} is defined in this daemon (check tasks / --app)"
+        return Failed(ErrorInfo("UnknownTask", message), retryable=False)
+    token = set_context(ctx)
+    try:
+        if task.is_async:
+            value = await task.fn(json.loads(payload), ctx)
+        else:
+            value = await anyio.to_thread.run_sync(task.fn, json.loads(payload), ctx)
+    except Exception as exc:
+        return Failed(error_info(exc))
+    finally:
+        reset_context(token)
+    return encode_result(value)
+
+
+def encode_result(value: object) -> Outcome:
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        error = ErrorInfo("ResultNotJSON", f"the task returned a value that is not JSON: {exc}")
+        return Failed(error, retryable=False)
+    return Completed(text)
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    tb = "".join(traceback.format_exception(exc))
+    return ErrorInfo(type(exc).__name__, str(exc), tb[-_MAX_TRACEBACK:])

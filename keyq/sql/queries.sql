@@ -1,0 +1,98 @@
+-- Named queries, loaded by keyq.db.QUERIES. One statement each.
+
+-- name: insert_run
+INSERT INTO runs (id, task, queue, concurrency_key, status, priority, max_attempts, payload,
+                  tags, idempotency_key, queue_limit, parent_id, created_at, available_at, events)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: find_idempotent
+SELECT id FROM runs WHERE task = ? AND idempotency_key = ?;
+
+-- name: set_queue_limit_from_trigger
+INSERT INTO queue_settings (queue, concurrency_limit, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (queue) DO UPDATE SET concurrency_limit = excluded.concurrency_limit,
+                                  updated_at = excluded.updated_at;
+
+-- name: upsert_queue_settings
+INSERT INTO queue_settings (queue, concurrency_limit, total_limit, paused, updated_at)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (queue) DO UPDATE SET concurrency_limit = excluded.concurrency_limit,
+                                  total_limit = excluded.total_limit,
+                                  paused = excluded.paused,
+                                  updated_at = excluded.updated_at;
+
+-- name: upsert_key_settings
+INSERT INTO key_settings (queue, concurrency_key, concurrency_limit, paused, updated_at)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (queue, concurrency_key) DO UPDATE SET concurrency_limit = excluded.concurrency_limit,
+                                                   paused = excluded.paused,
+                                                   updated_at = excluded.updated_at;
+
+-- name: select_queue_settings
+SELECT queue, concurrency_limit, total_limit, paused FROM queue_settings;
+
+-- name: select_key_settings
+SELECT queue, concurrency_key, concurrency_limit, paused FROM key_settings;
+
+-- name: select_new_runs
+SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_attempts, payload,
+       queue_limit, parent_id, waitpoint, created_at, available_at
+FROM runs WHERE seq > ? ORDER BY seq LIMIT ?;
+
+-- name: select_active_runs
+SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_attempts, payload,
+       queue_limit, parent_id, waitpoint, created_at, available_at
+FROM runs WHERE status IN ('queued', 'delayed', 'running', 'waiting') ORDER BY seq;
+
+-- name: max_seq
+SELECT COALESCE(MAX(seq), 0) FROM runs;
+
+-- name: apply_transition
+UPDATE runs SET status = ?, attempt = ?,
+                started_at = COALESCE(started_at, ?),
+                finished_at = ?,
+                result = COALESCE(?, result),
+                error = COALESCE(?, error),
+                available_at = COALESCE(?, available_at),
+                waitpoint = ?,
+                events = events || ?
+WHERE seq = ?;
+
+-- name: cancel_stored_run
+UPDATE runs SET status = 'canceled', finished_at = ?, waitpoint = NULL, events = events || ?
+WHERE id = ? AND status IN ('queued', 'delayed', 'running', 'waiting');
+
+-- name: get_run
+SELECT * FROM runs WHERE id = ?;
+
+-- name: get_run_outcome
+SELECT status, result, error FROM runs WHERE id = ?;
+
+-- name: list_runs
+SELECT * FROM runs
+WHERE (?1 IS NULL OR queue = ?1)
+  AND (?2 IS NULL OR concurrency_key = ?2)
+  AND (?3 IS NULL OR task = ?3)
+  AND (?4 IS NULL OR EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = ?4))
+ORDER BY seq DESC LIMIT ?5;
+
+-- name: list_runs_by_status
+SELECT * FROM runs INDEXED BY runs_status
+WHERE status = ?6
+  AND (?1 IS NULL OR queue = ?1)
+  AND (?2 IS NULL OR concurrency_key = ?2)
+  AND (?3 IS NULL OR task = ?3)
+  AND (?4 IS NULL OR EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = ?4))
+ORDER BY seq DESC LIMIT ?5;
+
+-- name: count_by_bucket
+SELECT queue, concurrency_key, status, COUNT(*) FROM runs GROUP BY queue, concurrency_key, status;
+
+-- name: get_queue_settings
+SELECT concurrency_limit, total_limit, paused FROM queue_settings WHERE queue = ?;
+
+-- name: get_key_settings
+SELECT concurrency_limit, paused FROM key_settings WHERE queue = ? AND concurrency_key = ?;
+
+-- name: get_run_status
+SELECT status, attempt FROM runs WHERE id = ?;

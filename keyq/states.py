@@ -1,0 +1,72 @@
+"""The run state machine, as one literal table.
+
+A run moves only along the edges listed in ``TRANSITIONS``; every state change
+in keyq goes through :func:`check_transition`, which raises
+:class:`IllegalTransition` and leaves the run untouched otherwise::
+
+    DELAYED --delay over--> QUEUED --slot free--> RUNNING --returns--> COMPLETED
+       ^                      ^  ^                  |  |  |
+       |  retry after backoff |  | wait done        |  |  +--raises, none left--> FAILED
+       +----------------------+--+-- WAITING <------+  +--waits
+    cancel: any non-final state --> CANCELED
+
+QUEUED and DELAYED hold no slot; RUNNING holds exactly one at every level;
+WAITING gives its slot back. COMPLETED, FAILED and CANCELED are final.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from keyq.errors import IllegalTransition
+
+
+class RunState(StrEnum):
+    """The state of a run; the value is the lower-case name used in JSON and SQL."""
+
+    DELAYED = "delayed"
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+DELAYED, QUEUED, RUNNING, WAITING = (
+    RunState.DELAYED,
+    RunState.QUEUED,
+    RunState.RUNNING,
+    RunState.WAITING,
+)
+COMPLETED, FAILED, CANCELED = RunState.COMPLETED, RunState.FAILED, RunState.CANCELED
+
+FINAL: frozenset[RunState] = frozenset({COMPLETED, FAILED, CANCELED})
+ACTIVE: frozenset[RunState] = frozenset({DELAYED, QUEUED, RUNNING, WAITING})
+HOLDS_SLOT: frozenset[RunState] = frozenset({RUNNING})
+
+# A new run is created QUEUED, or DELAYED when it has a delay; `None` stands for
+# "not yet a run" so that creation is a transition like any other.
+TRANSITIONS: dict[RunState | None, frozenset[RunState]] = {
+    None: frozenset({QUEUED, DELAYED}),
+    DELAYED: frozenset({QUEUED, CANCELED}),
+    # QUEUED -> FAILED: a run queued to resume lost its attempt in a crash and
+    # has no attempts left.
+    QUEUED: frozenset({RUNNING, CANCELED, FAILED}),
+    # RUNNING -> QUEUED is an interrupted attempt re-queued at once on recovery;
+    # RUNNING -> DELAYED is a failed attempt waiting out its backoff.
+    RUNNING: frozenset({COMPLETED, FAILED, CANCELED, WAITING, QUEUED, DELAYED}),
+    # WAITING -> QUEUED: the waitpoint is done and the run waits for a slot again;
+    # WAITING -> FAILED: the run cannot be resumed (no attempts left after a crash).
+    WAITING: frozenset({QUEUED, CANCELED, FAILED}),
+    COMPLETED: frozenset(),
+    FAILED: frozenset(),
+    CANCELED: frozenset(),
+}
+
+
+def check_transition(run_id: str, current: RunState | None, to: RunState) -> None:
+    """Raise :class:`IllegalTransition` unless ``current -> to`` is in the table."""
+    if to not in TRANSITIONS[current]:
+        was = current.value if current is not None else "new"
+        raise IllegalTransition(f"run {run_id}: cannot go from {was} to {to.value}")

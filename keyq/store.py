@@ -1,0 +1,99 @@
+"""The daemon's side of SQLite, on one aiosqlite connection.
+
+The daemon is the only writer of transitions while it runs. Every wake-up's
+transitions go to :meth:`SqliteStore.commit` together: one transaction, one
+``executemany``, one fsync (with ``durability = "full"``) for however many
+runs changed, never one per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+
+from keyq import db
+from keyq.config import Config
+from keyq.errors import map_store_errors
+from keyq.model import ChildResult, RunId, RunSpec, Transition
+from keyq.rows import error_from_json, spec_from_row, transition_params
+from keyq.states import RunState
+
+Q = db.QUERIES
+
+
+class SqliteStore:
+    """Reads and grouped writes of the daemon, on its own connection."""
+
+    def __init__(self, conn: aiosqlite.Connection, config: Config) -> None:
+        self._conn = conn
+        self._config = config
+
+    @classmethod
+    async def open(cls, config: Config) -> SqliteStore:
+        """Open (creating and migrating if needed) the configured database."""
+        # Migrate on a short-lived sync connection: one code path for every process.
+        db.connect(config.database, config.durability, config.lock_timeout_s).close()
+        with map_store_errors(f"opening database {config.database}"):
+            conn = await aiosqlite.connect(config.database, isolation_level=None)
+            for statement in db.pragmas(config.durability, config.lock_timeout_s):
+                await conn.execute(statement)
+        return cls(conn, config)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def load_active(self) -> tuple[list[RunSpec], int]:
+        """Every non-final run, oldest first, and the highest seq, from one snapshot."""
+        with map_store_errors("loading runs"):
+            await self._conn.execute("BEGIN")
+            try:
+                rows = await self._conn.execute_fetchall(Q["select_active_runs"])
+                (max_seq,) = await self._fetchone(Q["max_seq"])
+            finally:
+                await self._conn.execute("COMMIT")
+        return [spec_from_row(tuple(r)) for r in rows], max_seq
+
+    async def load_new(self, after_seq: int, limit: int) -> list[RunSpec]:
+        """Runs inserted after ``after_seq``, oldest first (an index range, not a scan)."""
+        with map_store_errors("reading new runs"):
+            rows = await self._conn.execute_fetchall(Q["select_new_runs"], (after_seq, limit))
+        return [spec_from_row(tuple(r)) for r in rows]
+
+    async def commit(self, transitions: Sequence[Transition]) -> None:
+        """Persist transitions, in order, in one transaction."""
+        params = [transition_params(t) for t in transitions]
+        with map_store_errors(f"recording {len(params)} transitions"):
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._conn.executemany(Q["apply_transition"], params)
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+
+    async def outcome(self, run_id: RunId) -> ChildResult | None:
+        """The run's status, result and error as stored, or None if there is no such run."""
+        with map_store_errors("reading a run's outcome"):
+            row = await self._fetchone(Q["get_run_outcome"], (run_id,))
+        if row is None:
+            return None
+        status, result, error = row
+        return ChildResult(run_id, RunState(status), result, error_from_json(error))
+
+    async def settings(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Runtime limit overrides: (queue rows, key rows), as dicts by column name."""
+        with map_store_errors("reading limit settings"):
+            queues = await self._conn.execute_fetchall(Q["select_queue_settings"])
+            keys = await self._conn.execute_fetchall(Q["select_key_settings"])
+        queue_cols = ("queue", "concurrency_limit", "total_limit", "paused")
+        key_cols = ("queue", "concurrency_key", "concurrency_limit", "paused")
+        return (
+            [dict(zip(queue_cols, r, strict=True)) for r in queues],
+            [dict(zip(key_cols, r, strict=True)) for r in keys],
+        )
+
+    async def _fetchone(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        async with self._conn.execute(sql, params) as cursor:
+            return await cursor.fetchone()

@@ -1,0 +1,184 @@
+"""A trigger's arguments, checked and turned into the row to store.
+
+Everything here is refused *before* anything is written: bad options, payloads
+that are not JSON or too large, and priorities out of range each raise a
+:class:`TriggerError` that names the field. Pure: the caller passes the run id
+and ``now``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from keyq.durations import parse_duration
+from keyq.errors import DefinitionError, PayloadError, TriggerError
+from keyq.model import MAX_PRIORITY, MIN_PRIORITY
+from keyq.registry import Queue, Task, check_limit, check_name
+from keyq.states import DELAYED, QUEUED, RunState
+
+OPTIONS = frozenset(
+    {"concurrency_key", "queue", "priority", "delay", "idempotency_key", "max_attempts", "tags"}
+)
+MAX_KEY_LENGTH = 256
+MAX_TAGS, MAX_TAG_LENGTH = 20, 128
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A validated run, exactly as it will be inserted."""
+
+    id: str
+    task: str
+    queue: str
+    concurrency_key: str | None
+    priority: int
+    max_attempts: int
+    payload: str
+    tags: tuple[str, ...]
+    idempotency_key: str | None
+    queue_limit: int | None
+    parent_id: str | None
+    created_at: float
+    available_at: float
+    state: RunState
+
+
+def build_run(
+    task: Task,
+    payload: Any,
+    options: Mapping[str, Any],
+    *,
+    run_id: str,
+    now: float,
+    max_payload_bytes: int,
+    parent_id: str | None = None,
+) -> NewRun:
+    """Validate one trigger of ``task`` and return the row to insert."""
+    unknown = set(options) - OPTIONS
+    if unknown:
+        raise TriggerError(
+            f"unknown trigger option {sorted(unknown)[0]!r} (known: {', '.join(sorted(OPTIONS))})"
+        )
+    queue_name, queue_limit = _queue(options.get("queue"), task.queue)
+    delay_s = _delay(options.get("delay"))
+    return NewRun(
+        id=run_id,
+        task=task.id,
+        queue=queue_name,
+        concurrency_key=_concurrency_key(options.get("concurrency_key")),
+        priority=_priority(options.get("priority")),
+        max_attempts=_max_attempts(options.get("max_attempts"), task),
+        payload=encode_payload(payload, max_payload_bytes),
+        tags=_tags(options.get("tags")),
+        idempotency_key=_idempotency_key(options.get("idempotency_key")),
+        queue_limit=queue_limit,
+        parent_id=parent_id,
+        created_at=now,
+        available_at=now + delay_s,
+        state=DELAYED if delay_s > 0 else QUEUED,
+    )
+
+
+def encode_payload(payload: Any, max_bytes: int) -> str:
+    """The payload as compact JSON text; PayloadError if not JSON or over ``max_bytes``."""
+    try:
+        text = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"payload is not JSON-serialisable: {exc}") from None
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise PayloadError(
+            f"payload is {size} bytes, over max_payload_bytes = {max_bytes}; "
+            "store large data elsewhere and pass a reference"
+        )
+    return text
+
+
+def _queue(value: Any, default: Queue) -> tuple[str, int | None]:
+    """The queue name and, for an override that carries one, its new limit."""
+    try:
+        if value is None:
+            return default.name, None
+        if isinstance(value, str):
+            return check_name("queue name", value), None
+        if isinstance(value, Queue):
+            return value.name, value.concurrency_limit
+        if isinstance(value, Mapping):
+            extra = set(value) - {"name", "concurrency_limit"}
+            if extra:
+                raise TriggerError(f"queue: unknown field {sorted(extra)[0]!r}")
+            name = check_name("queue name", value.get("name"))
+            return name, check_limit("queue.concurrency_limit", value.get("concurrency_limit"))
+    except DefinitionError as exc:
+        raise TriggerError(f"queue: {exc}") from None
+    raise TriggerError(f"queue must be a name, a keyq.queue(...) or a mapping, got {value!r}")
+
+
+def _concurrency_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:
+        raise TriggerError(
+            f"concurrency_key must be a string of 1-{MAX_KEY_LENGTH} characters, got {value!r}"
+        )
+    return value
+
+
+def _priority(value: Any) -> int:
+    if value is None:
+        return 5
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TriggerError(f"priority must be an integer from 1 to 10, got {value!r}")
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise TriggerError(f"priority must be from 1 (first) to 10 (last), got {value}")
+    return value
+
+
+def _delay(value: Any) -> float:
+    if value is None:
+        return 0.0
+    try:
+        return parse_duration(value, field="delay")
+    except ValueError as exc:
+        raise TriggerError(str(exc)) from None
+
+
+def _max_attempts(value: Any, task: Task) -> int:
+    if value is None:
+        return task.retry.max_attempts
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TriggerError(f"max_attempts must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    tags = tuple(value) if isinstance(value, list | tuple) else None
+    if (
+        tags is None
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and 1 <= len(t) <= MAX_TAG_LENGTH for t in tags)
+    ):
+        raise TriggerError(
+            f"tags must be a list of at most {MAX_TAGS} strings of 1-{MAX_TAG_LENGTH} "
+            f"characters, got {value!r}"
+        )
+    return tags
+
+
+def _idempotency_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:
+        raise TriggerError(
+            f"idempotency_key must be a string of 1-{MAX_KEY_LENGTH} characters, got {value!r}"
+        )
+    return value

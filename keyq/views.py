@@ -1,0 +1,109 @@
+"""Plain-text renderings of runs and stats for the terminal (``--json`` skips these)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from keyq.durations import format_duration
+
+ACTIVE_COLUMNS = ("queued", "delayed", "running", "waiting")
+FINAL_COLUMNS = ("completed", "failed", "canceled")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
+
+
+def render_runs(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "no runs"
+    rows = [
+        (
+            r["id"],
+            r["task"],
+            r["queue"],
+            r["concurrency_key"],
+            r["status"],
+            f"{r['attempt']}/{r['max_attempts']}",
+            r["created_at"],
+        )
+        for r in runs
+    ]
+    return table(("ID", "TASK", "QUEUE", "KEY", "STATUS", "ATTEMPT", "CREATED"), rows)
+
+
+def render_run(run: dict[str, Any]) -> str:
+    fields = (
+        "id",
+        "task",
+        "queue",
+        "concurrency_key",
+        "status",
+        "priority",
+        "attempt",
+        "max_attempts",
+        "tags",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "payload",
+        "result",
+        "error",
+    )
+    lines = [f"{f:<16}{_value(run[f])}" for f in fields]
+    if run.get("parent_id"):
+        lines.append(f"{'parent_id':<16}{run['parent_id']}")
+    lines += ["", "timeline:", _timeline(run.get("events", []))]
+    return "\n".join(lines)
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _timeline(events: list[dict[str, Any]]) -> str:
+    """Each transition with how long the run spent in the state it left."""
+    rows = []
+    for i, e in enumerate(events):
+        after = events[i + 1]["at"] if i + 1 < len(events) else None
+        spent = format_duration(_seconds(e["at"], after)) if after else ""
+        error = e.get("error")
+        why = e["reason"] + (f" ({error['type']}: {error['message']})" if error else "")
+        rows.append((e["at"], f"{e['from'] or 'new'} -> {e['to']}", f"#{e['attempt']}", why, spent))
+    return table(("AT", "TRANSITION", "ATTEMPT", "REASON", "THEN FOR"), rows)
+
+
+def _seconds(start: str, end: str) -> float:
+    parse = datetime.fromisoformat
+    return (parse(end) - parse(start)).total_seconds()
+
+
+def render_stats(stats: dict[str, Any]) -> str:
+    columns = (*ACTIVE_COLUMNS, *FINAL_COLUMNS)
+    lines = [stats["message"], ""]
+    queue_rows = [(name, *(c[s] for s in columns)) for name, c in stats["queues"].items()]
+    lines.append(
+        table(("QUEUE", *(c.upper() for c in columns)), queue_rows) if queue_rows else "no runs yet"
+    )
+    if stats["keys"]:
+        key_rows = [
+            (k["queue"], k["concurrency_key"], *(k[s] for s in ACTIVE_COLUMNS))
+            for k in stats["keys"][:50]
+        ]
+        lines += ["", table(("QUEUE", "KEY", *(c.upper() for c in ACTIVE_COLUMNS)), key_rows)]
+        if len(stats["keys"]) > 50:
+            lines.append(f"... and {len(stats['keys']) - 50} more keys (see --json)")
+    return "\n".join(lines)

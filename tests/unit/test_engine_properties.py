@@ -1,0 +1,413 @@
+"""Random operation sequences against the Engine, checked by an independent model.
+
+The machine plays the shell: it submits runs, reports outcomes and waits, cancels,
+changes limits and moves time. After every rule it checks the invariants; at the
+end it drives everything to completion and checks that no run was lost.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from keyq.engine import Engine, TaskPolicy
+from keyq.limits import Key, Limits, QueueLimit
+from keyq.model import (
+    Cancelled,
+    Completed,
+    ErrorInfo,
+    Failed,
+    RunSpec,
+    StartRun,
+    Step,
+    Transition,
+    WaitChildren,
+    WaitUntil,
+)
+from keyq.retry import Retry
+from keyq.states import CANCELED, COMPLETED, DELAYED, FAILED, FINAL, QUEUED, RUNNING, RunState
+
+T0 = 1_234_567_890.25
+QUEUES = ("q0", "q1", "q2")
+KEYS: tuple[Key, ...] = ("k0", "k1", "k2", "k3", None)
+POLICIES = {
+    "fast": TaskPolicy(retry=Retry(min_delay=1, max_delay=8, jitter=0.2)),
+    "slow": TaskPolicy(retry=Retry(backoff="fixed", min_delay=3, jitter=0), max_duration_s=20),
+}
+BOOM = ErrorInfo("RuntimeError", "boom")
+
+queue_limits = st.builds(
+    QueueLimit,
+    concurrency_limit=st.sampled_from([None, 0, 1, 2, 3]),
+    total_limit=st.sampled_from([None, 1, 2, 4]),
+)
+
+
+class EngineMachine(RuleBasedStateMachine):
+    """Drives an Engine like the daemon would, keeping its own model of every run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = T0
+        self.base, self.burst_factor = 4, 1.5
+        limits = Limits(self.base, self.burst_factor)
+        self.engine = Engine(limits=limits, policies=POLICIES, rng=random.Random(0))
+        # the limits in force, as the machine set them
+        self.queue_limit: dict[str, QueueLimit] = {q: QueueLimit() for q in QUEUES}
+        self.key_limit: dict[tuple[str, Key], int] = {}
+        self.paused_queues: set[str] = set()
+        self.paused_keys: set[tuple[str, Key]] = set()
+        # the runs, as the transitions describe them
+        self.specs: dict[str, RunSpec] = {}
+        self.state: dict[str, RunState] = {}
+        self.finals: Counter[str] = Counter()
+        self.running: dict[str, tuple[str, Key]] = {}
+        self.spawned: dict[str, list[str]] = {}
+        self.awaiting: dict[str, tuple[str, ...]] = {}
+        self.cancel_asked: set[str] = set()
+        self.violations: list[str] = []
+        self.clean = True
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _new_spec(self, data: st.DataObject, parent: str | None = None) -> RunSpec:
+        run_id = f"r{len(self.specs)}"
+        delay = data.draw(st.one_of(st.none(), st.integers(0, 30)), label="delay")
+        if parent is not None:
+            delay = None
+        spec = RunSpec(
+            id=run_id,
+            seq=len(self.specs),
+            task=data.draw(st.sampled_from(sorted(POLICIES)), label="task"),
+            queue=data.draw(st.sampled_from(QUEUES), label="queue"),
+            concurrency_key=data.draw(st.sampled_from(KEYS), label="key"),
+            priority=data.draw(st.integers(1, 10), label="priority"),
+            payload="{}",
+            max_attempts=data.draw(st.integers(1, 3), label="max_attempts"),
+            state=QUEUED if delay is None else DELAYED,
+            available_at=self.now + (delay or 0),
+            created_at=self.now,
+            queue_limit=data.draw(
+                st.one_of(st.none(), st.none(), st.none(), st.integers(1, 3)), label="queue_limit"
+            ),
+            parent_id=parent,
+        )
+        self.specs[run_id] = spec
+        self.state[run_id] = spec.state
+        if spec.queue_limit is not None:
+            old = self.queue_limit[spec.queue]
+            self.queue_limit[spec.queue] = QueueLimit(spec.queue_limit, old.total_limit)
+        assert self.engine.submit(spec) is True
+        return spec
+
+    def _tick(self) -> Step:
+        step = self.engine.tick(self.now)
+        self._observe(step)
+        return step
+
+    def _observe(self, step: Step) -> None:
+        for t in step.transitions:
+            self._observe_transition(t)
+        starts = [t.run_id for t in step.transitions if t.to is RUNNING]
+        assert [s.run_id for s in step.start] == starts
+        for start in step.start:
+            self._observe_start(start)
+        for run_id in step.cancel:
+            assert self.state[run_id] in (RUNNING, CANCELED), f"cancel of {run_id} that is idle"
+            self.cancel_asked.add(run_id)
+
+    def _observe_transition(self, t: Transition) -> None:
+        assert self.finals[t.run_id] == 0, f"{t.run_id} moved after it was final: {t}"
+        assert t.from_ is self.state[t.run_id], f"{t} but the run was {self.state[t.run_id]}"
+        assert t.at == self.now
+        if t.from_ is RUNNING:
+            del self.running[t.run_id]
+            self.cancel_asked.discard(t.run_id)
+        if t.to is RUNNING:
+            self._check_start_allowed(t.run_id)
+            spec = self.specs[t.run_id]
+            self.running[t.run_id] = (spec.queue, spec.concurrency_key)
+        self.state[t.run_id] = t.to
+        if t.to in FINAL:
+            self.finals[t.run_id] += 1
+
+    def _check_start_allowed(self, run_id: str) -> None:
+        """Record a violation if this start breaks a limit in force right now."""
+        spec = self.specs[run_id]
+        queue, key = spec.queue, spec.concurrency_key
+        in_bucket = sum(1 for qk in self.running.values() if qk == (queue, key))
+        in_queue = sum(1 for q, _ in self.running.values() if q == queue)
+        limit = self.queue_limit[queue]
+        key_limit = self.key_limit.get((queue, key), limit.concurrency_limit)
+        cap = self.base if limit.total_limit is None else min(limit.total_limit, self.base)
+        burst = math.floor(self.base * self.burst_factor)
+        problems = {
+            "queue paused": queue in self.paused_queues,
+            "key paused": (queue, key) in self.paused_keys,
+            f"key limit {key_limit}": key_limit is not None and in_bucket >= key_limit,
+            f"queue cap {cap}": in_queue >= cap,
+            f"burst {burst}": len(self.running) >= burst,
+        }
+        self.violations += [f"{run_id} started past {p}" for p, bad in problems.items() if bad]
+
+    def _observe_start(self, start: StartRun) -> None:
+        spec = self.specs[start.run_id]
+        assert (start.queue, start.concurrency_key, start.task) == (
+            spec.queue,
+            spec.concurrency_key,
+            spec.task,
+        )
+        assert 1 <= start.attempt <= spec.max_attempts
+        waited = self.awaiting.pop(start.run_id, ()) if start.resumed else ()
+        assert [c.run_id for c in start.children] == list(waited)
+        for child in start.children:
+            assert child.status is self.state[child.run_id]
+            assert child.status in FINAL
+
+    def _begin(self) -> None:
+        self.clean = False
+
+    def _active(self) -> list[str]:
+        return sorted(r for r, s in self.state.items() if s not in FINAL)
+
+    # --- rules ----------------------------------------------------------------------
+
+    @initialize(limits=st.fixed_dictionaries({q: queue_limits for q in QUEUES}))
+    def configure(self, limits: dict[str, QueueLimit]) -> None:
+        self._begin()
+        for queue, limit in limits.items():
+            self.engine.set_queue_limit(queue, limit)
+            self.queue_limit[queue] = limit
+        self._tick()
+
+    @rule(data=st.data(), n=st.integers(1, 3))
+    def submit(self, data: st.DataObject, n: int) -> None:
+        self._begin()
+        for _ in range(n):
+            self._new_spec(data)
+        self._tick()
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data())
+    def finish(self, data: st.DataObject) -> None:
+        self._begin()
+        run_id = data.draw(st.sampled_from(sorted(self.running)), label="run")
+        outcome = data.draw(
+            st.sampled_from(
+                [Completed('"done"'), Failed(BOOM), Failed(BOOM, retryable=False), Cancelled()]
+            ),
+            label="outcome",
+        )
+        self.engine.finished(run_id, outcome, self.now)
+        step = self._tick()
+        first = step.transitions[0]
+        assert (first.run_id, first.from_) == (run_id, RUNNING)
+        if isinstance(outcome, Completed):
+            assert (first.to, first.result) == (COMPLETED, '"done"')
+        elif isinstance(outcome, Failed) and not outcome.retryable:
+            assert first.to is FAILED
+
+    @precondition(lambda self: self.cancel_asked & set(self.running))
+    @rule(data=st.data())
+    def honour_cancel(self, data: st.DataObject) -> None:
+        self._begin()
+        run_id = data.draw(st.sampled_from(sorted(self.cancel_asked & set(self.running))))
+        self.engine.finished(run_id, Cancelled(), self.now)
+        self._tick()
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data(), seconds=st.integers(0, 30))
+    def wait_until(self, data: st.DataObject, seconds: int) -> None:
+        self._begin()
+        run_id = data.draw(st.sampled_from(sorted(self.running)), label="run")
+        self.engine.wait(run_id, WaitUntil(self.now + seconds), self.now)
+        self._tick()
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data(), n=st.integers(1, 2), wait_now=st.booleans())
+    def spawn_children(self, data: st.DataObject, n: int, wait_now: bool) -> None:
+        self._begin()
+        parent = data.draw(st.sampled_from(sorted(self.running)), label="parent")
+        children = [self._new_spec(data, parent=parent).id for _ in range(n)]
+        self.spawned.setdefault(parent, []).extend(children)
+        if wait_now:
+            self._wait_children(parent)
+        self._tick()
+
+    @precondition(lambda self: any(p in self.running for p in self.spawned))
+    @rule(data=st.data())
+    def wait_children(self, data: st.DataObject) -> None:
+        self._begin()
+        parent = data.draw(st.sampled_from(sorted(p for p in self.spawned if p in self.running)))
+        self._wait_children(parent)
+        self._tick()
+
+    def _wait_children(self, parent: str) -> None:
+        children = tuple(self.spawned.pop(parent))
+        self.awaiting[parent] = children
+        self.engine.wait(parent, WaitChildren(children), self.now)
+
+    @precondition(lambda self: self._active())
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        self._begin()
+        run_id = data.draw(st.sampled_from(self._active()), label="run")
+        was = self.state[run_id]
+        self.engine.cancel(run_id, self.now)
+        step = self._tick()
+        if was is not RUNNING:
+            assert step.transitions[0].run_id == run_id
+            assert step.transitions[0].to is CANCELED
+
+    @precondition(lambda self: self.finals)
+    @rule(data=st.data())
+    def late_report(self, data: st.DataObject) -> None:
+        self._begin()
+        run_id = data.draw(st.sampled_from(sorted(self.finals)), label="run")
+        self.engine.finished(run_id, Cancelled(), self.now)
+        assert all(t.run_id != run_id for t in self._tick().transitions)
+
+    @rule()
+    def interrupt_all(self) -> None:
+        self._begin()
+        self.engine.interrupt_all(self.now)
+        self._tick()
+
+    @rule(queue=st.sampled_from(QUEUES), limit=queue_limits)
+    def set_queue_limit(self, queue: str, limit: QueueLimit) -> None:
+        self._begin()
+        self.queue_limit[queue] = limit
+        self.engine.set_queue_limit(queue, limit)
+        self._tick()
+
+    @rule(base=st.integers(0, 6), burst_factor=st.sampled_from([1.0, 1.5, 2.0]))
+    def set_environment(self, base: int, burst_factor: float) -> None:
+        self._begin()
+        self.base, self.burst_factor = base, burst_factor
+        self.engine.set_environment(base, burst_factor)
+        self._tick()
+
+    @rule(
+        queue=st.sampled_from(QUEUES),
+        key=st.sampled_from(KEYS),
+        limit=st.sampled_from([None, None, 0, 1, 2, 3]),
+    )
+    def set_key_limit(self, queue: str, key: Key, limit: int | None) -> None:
+        self._begin()
+        if limit is None:
+            self.key_limit.pop((queue, key), None)
+        else:
+            self.key_limit[(queue, key)] = limit
+        self.engine.set_key_limit(queue, key, limit)
+        self._tick()
+
+    @rule(queue=st.sampled_from(QUEUES), paused=st.booleans())
+    def pause_queue(self, queue: str, paused: bool) -> None:
+        self._begin()
+        (self.paused_queues.add if paused else self.paused_queues.discard)(queue)
+        self.engine.set_queue_paused(queue, paused)
+        self._tick()
+
+    @rule(queue=st.sampled_from(QUEUES), key=st.sampled_from(KEYS), paused=st.booleans())
+    def pause_key(self, queue: str, key: Key, paused: bool) -> None:
+        self._begin()
+        (self.paused_keys.add if paused else self.paused_keys.discard)((queue, key))
+        self.engine.set_key_paused(queue, key, paused)
+        self._tick()
+
+    @rule(seconds=st.sampled_from([0, 0.5, 1, 3, 7.25, 20, 45]))
+    def advance(self, seconds: float) -> None:
+        self._begin()
+        self.now += seconds
+        self._tick()
+
+    @precondition(lambda self: self.engine.next_deadline() is not None)
+    @rule()
+    def advance_to_next_deadline(self) -> None:
+        self._begin()
+        deadline = self.engine.next_deadline()
+        assert deadline is not None
+        self.now = max(self.now, deadline)
+        self._tick()
+
+    # --- invariants --------------------------------------------------------------------
+
+    @invariant()
+    def engine_agrees_with_the_model(self) -> None:
+        assert self.engine.audit() == []
+        assert self.violations == []
+        for run_id, state in self.state.items():
+            expected = None if state in FINAL else state
+            assert self.engine.state_of(run_id) is expected, run_id
+        counts = Counter(s for s in self.state.values() if s not in FINAL)
+        stats = self.engine.statistics()
+        assert (stats.queued, stats.delayed, stats.running, stats.waiting) == (
+            counts[QUEUED],
+            counts[DELAYED],
+            counts[RUNNING],
+            counts[RunState.WAITING],
+        )
+        assert self.engine.limits.running == len(self.running)
+        assert all(n <= 1 for n in self.finals.values())
+        self.clean = True
+
+    def teardown(self) -> None:
+        if not self.clean:
+            return  # a rule or invariant already failed; do not mask its error
+        self._drive_to_completion()
+        assert len(self.engine) == 0
+        assert self.engine.next_deadline() is None
+        lost = [r for r in self.specs if self.finals[r] != 1]
+        assert lost == [], f"runs without exactly one final transition: {lost}"
+        assert self.violations == []
+
+    def _drive_to_completion(self) -> None:
+        self.base, self.burst_factor = 10_000, 1.0
+        self.engine.set_environment(self.base, self.burst_factor)
+        for queue in QUEUES:
+            self.queue_limit[queue] = QueueLimit()
+            self.engine.set_queue_limit(queue, QueueLimit())
+            self.paused_queues.discard(queue)
+            self.engine.set_queue_paused(queue, False)
+        for queue, key in set(self.key_limit) | self.paused_keys:
+            self.engine.set_key_limit(queue, key, None)
+            self.engine.set_key_paused(queue, key, False)
+        self.key_limit.clear()
+        self.paused_keys.clear()
+        for _ in range(200):
+            if not len(self.engine):
+                return
+            self.now += 10_000
+            self._tick()
+            for run_id in sorted(self.running):
+                self.engine.finished(run_id, Completed("null"), self.now)
+            self._tick()
+            assert self.engine.audit() == []
+
+
+SETTINGS = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def test_engine__random_operations_keep_every_invariant() -> None:
+    """Under any sequence of submits, outcomes, waits, cancels, limit changes and time, no
+    limit is broken at a start, no final run moves again, and every run ends exactly once."""
+    run_state_machine_as_test(EngineMachine, settings=SETTINGS)

@@ -1,0 +1,760 @@
+"""Engine scenarios on explicit time, read like h11's test_state.py: act, then assert it all.
+
+Every tick is followed by ``engine.audit() == []`` (no leaked slot, no idle slot
+with a startable run, state counts agree).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from keyq.engine import Engine, TaskPolicy
+from keyq.errors import RunStateError
+from keyq.limits import Limits, QueueLimit
+from keyq.model import (
+    ChildResult,
+    Cancelled,
+    Completed,
+    ErrorInfo,
+    Failed,
+    RunSpec,
+    Step,
+    Transition,
+    WaitChildren,
+    WaitUntil,
+)
+from keyq.retry import Retry
+from keyq.states import (
+    CANCELED,
+    COMPLETED,
+    DELAYED,
+    FAILED,
+    FINAL,
+    QUEUED,
+    RUNNING,
+    WAITING,
+    RunState,
+)
+
+T0 = 1_234_567_890.25
+BOOM = ErrorInfo("ValueError", "boom")
+_seq = itertools.count(1)
+
+
+def spec(
+    run_id: str,
+    *,
+    queue: str = "q",
+    key: str | None = None,
+    priority: int = 5,
+    max_attempts: int = 3,
+    task: str = "t",
+    state: RunState = QUEUED,
+    attempt: int = 0,
+    available_at: float = 0.0,
+    queue_limit: int | None = None,
+    parent_id: str | None = None,
+    wait: WaitUntil | WaitChildren | None = None,
+) -> RunSpec:
+    return RunSpec(
+        id=run_id, seq=next(_seq), task=task, queue=queue, concurrency_key=key,
+        priority=priority, payload=f'{{"run": "{run_id}"}}', max_attempts=max_attempts,
+        state=state, attempt=attempt, available_at=available_at, created_at=T0,
+        queue_limit=queue_limit, parent_id=parent_id, wait=wait,
+    )  # fmt: skip
+
+
+class Sim:
+    """An engine plus the current time; every tick is audited and its transitions kept."""
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self.engine = engine if engine is not None else Engine(rng=random.Random(0))
+        self.now = T0
+        self.history: list[Transition] = []
+
+    def tick(self, at: float | None = None) -> Step:
+        if at is not None:
+            assert at >= self.now, "time can't go backwards"
+            self.now = at
+        step = self.engine.tick(self.now)
+        self.history.extend(step.transitions)
+        assert self.engine.audit() == []
+        return step
+
+    def submit(self, *specs: RunSpec) -> Step:
+        for s in specs:
+            assert self.engine.submit(s) is True
+        return self.tick()
+
+    def finish(self, run_id: str, outcome: Completed | Failed | Cancelled | None = None) -> Step:
+        self.engine.finished(run_id, outcome or Completed('{"ok": true}'), self.now)
+        return self.tick()
+
+    def stats(self) -> tuple[int, int, int, int]:
+        s = self.engine.statistics()
+        return (s.queued, s.delayed, s.running, s.waiting)
+
+    def timeline(self, run_id: str) -> list[tuple[str, str, str]]:
+        return [(_name(t.from_), t.to.value, t.reason) for t in self.history if t.run_id == run_id]
+
+
+def _name(state: RunState | None) -> str:
+    return "new" if state is None else state.value
+
+
+def started(step: Step) -> list[str]:
+    return [s.run_id for s in step.start]
+
+
+def moves(step: Step) -> list[tuple[str, str, str, str]]:
+    return [(t.run_id, _name(t.from_), t.to.value, t.reason) for t in step.transitions]
+
+
+def limited(concurrency: int = 200, burst_factor: float = 2.0, **queues: QueueLimit) -> Engine:
+    limits = Limits(concurrency, burst_factor)
+    for name, limit in queues.items():
+        limits.set_queue(name, limit)
+    return Engine(limits=limits, rng=random.Random(0))
+
+
+# --- limits -------------------------------------------------------------------------
+
+
+def test_engine__per_key_limit_holds_each_key_separately() -> None:
+    """With limit 2 per key, A's backlog never blocks B, and a freed A slot goes to A."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=2)))
+    step = sim.submit(*(spec(f"{k}{i}", key=k) for k in "AB" for i in range(3)))
+    assert started(step) == ["A0", "B0", "A1", "B1"]
+    assert all(s.attempt == 1 and not s.resumed for s in step.start)
+    assert sim.stats() == (2, 0, 4, 0)
+    assert sim.engine.queued_in("q", "A") == 1
+    assert sim.engine.limits.running_in_bucket("q", "A") == 2
+
+    step = sim.finish("A0")
+    assert moves(step) == [
+        ("A0", "running", "completed", "completed"),
+        ("A2", "queued", "running", "started"),
+    ]
+    assert step.transitions[0].result == '{"ok": true}'
+    assert sim.stats() == (1, 0, 4, 0)
+    assert "A0" not in sim.engine
+    assert sim.engine.state_of("B2") is QUEUED
+
+
+def test_engine__queue_total_limit_caps_all_keys() -> None:
+    """total_limit bounds the queue over its keys; keys still take turns."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=2, total_limit=3)))
+    step = sim.submit(*(spec(f"{k}{i}", key=k) for k in "ABC" for i in range(2)))
+    assert started(step) == ["A0", "B0", "C0"]
+    assert sim.engine.limits.running_in_queue("q") == 3
+    assert started(sim.finish("B0")) == ["A1"]
+    assert started(sim.finish("C0")) == ["B1"]
+    assert sim.stats() == (1, 0, 3, 0)
+
+
+def test_engine__environment_burst_caps_every_queue() -> None:
+    """All queues together never run more than base * burst_factor; each queue at most base."""
+    sim = Sim(limited(concurrency=2, burst_factor=1.5))
+    step = sim.submit(*(spec(f"{q}{i}", queue=q) for q in ("x", "y") for i in range(3)))
+    assert started(step) == ["x0", "y0", "x1"]
+    assert sim.engine.statistics().running == 3
+    assert sim.engine.statistics().burst_limit == 3
+    assert started(sim.finish("y0")) == ["y1"]
+    assert started(sim.finish("x0")) == ["x2"]  # queues alternate: x0 y0 x1 y1 x2
+    assert sim.stats() == (1, 0, 3, 0)
+
+
+def test_engine__trigger_time_queue_limit_override_applies() -> None:
+    """A trigger naming a queue limit sets that queue's limit, and a later one changes it."""
+    sim = Sim()
+    step = sim.submit(*(spec(f"f{i}", queue="free", key="u1", queue_limit=1) for i in range(4)))
+    assert started(step) == ["f0"]
+    assert sim.engine.limits.queue_limit("free") == QueueLimit(concurrency_limit=1)
+    step = sim.submit(spec("f4", queue="free", key="u1", queue_limit=3))
+    assert started(step) == ["f1", "f2"]
+    assert sim.engine.limits.queue_limit("free").concurrency_limit == 3
+    assert sim.stats() == (2, 0, 3, 0)
+
+
+def test_engine__lowering_a_limit_does_not_preempt() -> None:
+    """A lowered limit leaves running runs alone and only holds new starts back."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=3)))
+    sim.submit(*(spec(f"r{i}") for i in range(5)))
+    sim.engine.set_queue_limit("q", QueueLimit(concurrency_limit=1))
+    step = sim.tick()
+    assert not step
+    assert sim.stats() == (2, 0, 3, 0)
+    assert started(sim.finish("r0")) == []
+    assert started(sim.finish("r1")) == []
+    assert started(sim.finish("r2")) == ["r3"]
+
+
+def test_engine__pause_and_resume_queue_and_key() -> None:
+    """Paused queues and keys start nothing; resuming starts their runs at once."""
+    sim = Sim()
+    sim.engine.set_queue_paused("q", True)
+    sim.engine.set_key_paused("r", "A", True)
+    step = sim.submit(spec("q1"), spec("rA", queue="r", key="A"), spec("rB", queue="r", key="B"))
+    assert started(step) == ["rB"]
+    sim.engine.set_queue_paused("q", False)
+    assert started(sim.tick()) == ["q1"]
+    sim.engine.set_key_paused("r", "A", False)
+    assert started(sim.tick()) == ["rA"]
+
+
+def test_engine__key_override_raises_one_key() -> None:
+    """keys set-limit lets one key run more than the queue's per-key limit."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    sim.submit(*(spec(f"{k}{i}", key=k) for k in "AB" for i in range(3)))
+    sim.engine.set_key_limit("q", "B", 3)
+    assert started(sim.tick()) == ["B1", "B2"]
+    sim.engine.set_key_limit("q", "B", None)
+    assert sim.stats() == (2, 0, 4, 0)
+
+
+# --- order ------------------------------------------------------------------------------
+
+
+def test_engine__priority_lower_number_first() -> None:
+    """When a slot frees, the lowest priority number among the queued runs starts."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    assert started(sim.submit(spec("first"))) == ["first"]
+    sim.submit(spec("p5", priority=5), spec("p10", priority=10), spec("p1", priority=1))
+    assert started(sim.finish("first")) == ["p1"]
+    assert started(sim.finish("p1")) == ["p5"]
+    assert started(sim.finish("p5")) == ["p10"]
+
+
+def test_engine__fifo_within_a_key() -> None:
+    """Runs of one key start in the order they were submitted."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    sim.submit(*(spec(f"r{i}", key="A") for i in range(4)))
+    order = ["r0"] + [started(sim.finish(f"r{i}"))[0] for i in range(3)]
+    assert order == ["r0", "r1", "r2", "r3"]
+
+
+# --- delays and retries ----------------------------------------------------------
+
+
+def test_engine__delayed_run_waits_for_its_time() -> None:
+    """A delayed run is DELAYED until available_at, then QUEUED and RUNNING at that instant."""
+    sim = Sim()
+    step = sim.submit(spec("d", state=DELAYED, available_at=T0 + 30))
+    assert not step
+    assert sim.stats() == (0, 1, 0, 0)
+    assert sim.engine.next_deadline() == T0 + 30
+    assert not sim.tick(T0 + 29.999)
+    step = sim.tick(T0 + 30)
+    assert moves(step) == [("d", "delayed", "queued", "delay_over"), ("d", "queued", "running", "started")]
+    assert [t.at for t in step.transitions] == [T0 + 30, T0 + 30]
+    assert step.start[0].attempt == 1
+    assert sim.engine.next_deadline() is None
+
+
+def test_engine__delayed_run_holds_no_slot() -> None:
+    """A DELAYED run does not count against its key's limit."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    step = sim.submit(spec("d", key="A", state=DELAYED, available_at=T0 + 5), spec("n", key="A"))
+    assert started(step) == ["n"]
+    assert moves(sim.tick(T0 + 5)) == [("d", "delayed", "queued", "delay_over")]
+    assert sim.engine.state_of("d") is QUEUED
+    assert started(sim.finish("n")) == ["d"]
+
+
+def test_engine__retry_backs_off_then_fails_keeping_the_error() -> None:
+    """A failing run waits out its backoff DELAYED (reason retry), then FAILED after max_attempts."""
+    retry = Retry(max_attempts=3, min_delay=2, factor=2, max_delay=60, jitter=0)
+    engine = Engine(policies={"t": TaskPolicy(retry=retry)}, rng=random.Random(0))
+    engine.limits.set_queue("q", QueueLimit(concurrency_limit=1))
+    sim = Sim(engine)
+    sim.submit(spec("r", key="A", max_attempts=3), spec("other", key="A"))
+
+    sim.now = T0 + 1
+    step = sim.finish("r", Failed(BOOM))
+    assert moves(step) == [
+        ("r", "running", "delayed", "retry"),
+        ("other", "queued", "running", "started"),
+    ]
+    retry_t = step.transitions[0]
+    assert (retry_t.error, retry_t.attempt, retry_t.available_at) == (BOOM, 1, T0 + 3)
+    assert sim.engine.next_deadline() == T0 + 3
+    assert sim.stats() == (0, 1, 1, 0)
+
+    step = sim.tick(T0 + 3)
+    assert moves(step) == [("r", "delayed", "queued", "delay_over")]  # "other" holds the key
+    step = sim.finish("other")
+    assert step.start[0].run_id == "r"
+    assert step.start[0].attempt == 2
+
+    second = ErrorInfo("KeyError", "again")
+    step = sim.finish("r", Failed(second))
+    assert step.transitions[0].available_at == sim.now + 4
+    step = sim.tick(sim.now + 4)
+    assert step.start[0].attempt == 3
+
+    step = sim.finish("r", Failed(BOOM))
+    assert moves(step) == [("r", "running", "failed", "failed")]
+    assert (step.transitions[0].error, step.transitions[0].attempt) == (BOOM, 3)
+    assert "r" not in sim.engine
+    assert sim.engine.next_deadline() is None
+    assert [r for _, _, r in sim.timeline("r")] == [
+        "started", "retry", "delay_over", "started", "retry", "delay_over", "started", "failed",
+    ]  # fmt: skip
+
+
+def test_engine__non_retryable_failure_fails_at_once() -> None:
+    """A failure marked not retryable ends the run even with attempts left."""
+    sim = Sim()
+    sim.submit(spec("r", max_attempts=5))
+    step = sim.finish("r", Failed(BOOM, retryable=False))
+    assert moves(step) == [("r", "running", "failed", "failed")]
+
+
+def test_engine__retry_jitter_comes_from_the_injected_random() -> None:
+    """Two engines with the same seed schedule the same retry instant."""
+    retry = Retry(min_delay=10, max_delay=60, jitter=0.5)
+    at = []
+    for _ in range(2):
+        sim = Sim(Engine(policies={"t": TaskPolicy(retry=retry)}, rng=random.Random(42)))
+        sim.submit(spec("r"))
+        at.append(sim.finish("r", Failed(BOOM)).transitions[0].available_at)
+    assert at[0] == at[1]
+    assert at[0] is not None
+    assert T0 + 5 <= at[0] <= T0 + 15
+
+
+# --- max_duration -------------------------------------------------------------------------
+
+
+def test_engine__max_duration_cancels_then_retries() -> None:
+    """At the deadline the attempt is cancelled; its Cancelled outcome counts as a failed attempt."""
+    policy = TaskPolicy(retry=Retry(min_delay=1, jitter=0), max_duration_s=10)
+    sim = Sim(Engine(policies={"t": policy}, rng=random.Random(0)))
+    sim.submit(spec("r", max_attempts=2))
+    assert sim.engine.next_deadline() == T0 + 10
+    assert not sim.tick(T0 + 9.5)
+    step = sim.tick(T0 + 10)
+    assert (step.cancel, step.transitions, step.start) == (("r",), (), ())
+    assert sim.engine.state_of("r") is RUNNING  # holds its slot until the attempt stops
+    assert not sim.tick(T0 + 11)  # the cancel is asked once
+
+    step = sim.finish("r", Cancelled())
+    assert moves(step) == [("r", "running", "delayed", "retry")]
+    error = step.transitions[0].error
+    assert error is not None
+    assert error.type == "Timeout"
+    step = sim.tick(sim.now + 1)
+    assert step.start[0].attempt == 2
+    assert sim.engine.next_deadline() == sim.now + 10
+
+
+def test_engine__max_duration_on_last_attempt_fails_with_timeout() -> None:
+    """A timed-out last attempt ends the run FAILED with reason timeout."""
+    sim = Sim(Engine(policies={"t": TaskPolicy(max_duration_s=5)}))
+    sim.submit(spec("r", max_attempts=1))
+    assert sim.tick(T0 + 5).cancel == ("r",)
+    step = sim.finish("r", Cancelled())
+    assert moves(step) == [("r", "running", "failed", "timeout")]
+    assert step.transitions[0].error is not None
+    assert step.transitions[0].error.type == "Timeout"
+
+
+def test_engine__max_duration_counts_running_time_only() -> None:
+    """Time spent WAITING does not use up the attempt's max_duration."""
+    sim = Sim(Engine(policies={"t": TaskPolicy(max_duration_s=10)}))
+    sim.submit(spec("r"))
+    sim.now = T0 + 6
+    sim.engine.wait("r", WaitUntil(T0 + 100), sim.now)
+    sim.tick()
+    assert sim.engine.next_deadline() == T0 + 100
+    step = sim.tick(T0 + 100)
+    assert step.start[0].resumed
+    assert sim.engine.next_deadline() == T0 + 104
+    assert not sim.tick(T0 + 103.9)
+    assert sim.tick(T0 + 104).cancel == ("r",)
+
+
+def test_engine__finishing_before_the_deadline_clears_it() -> None:
+    """An attempt that ends in time leaves no pending timeout behind."""
+    sim = Sim(Engine(policies={"t": TaskPolicy(max_duration_s=10)}))
+    sim.submit(spec("r"))
+    sim.finish("r")
+    assert sim.engine.next_deadline() is None
+    assert not sim.tick(T0 + 1_000)
+
+
+# --- cancel ---------------------------------------------------------------------------------
+
+
+def test_engine__cancel_queued_is_immediate() -> None:
+    """Cancelling a queued run ends it at once; it never starts."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    sim.submit(spec("a"), spec("b"), spec("c"))
+    sim.engine.cancel("b", sim.now)
+    step = sim.tick()
+    assert moves(step) == [("b", "queued", "canceled", "canceled")]
+    assert step.cancel == ()
+    assert started(sim.finish("a")) == ["c"]
+    assert sim.stats() == (0, 0, 1, 0)
+
+
+def test_engine__cancel_delayed_is_immediate() -> None:
+    """Cancelling a delayed run ends it at once and forgets its timer."""
+    sim = Sim()
+    sim.submit(spec("d", state=DELAYED, available_at=T0 + 60))
+    sim.engine.cancel("d", sim.now)
+    assert moves(sim.tick()) == [("d", "delayed", "canceled", "canceled")]
+    assert sim.engine.next_deadline() is None
+    assert not sim.tick(T0 + 60)
+
+
+def test_engine__cancel_waiting_is_immediate_and_stops_the_coroutine() -> None:
+    """Cancelling a waiting run ends it at once and asks the shell to drop its suspended attempt."""
+    sim = Sim()
+    sim.submit(spec("w"))
+    sim.engine.wait("w", WaitUntil(T0 + 60), sim.now)
+    sim.tick()
+    sim.engine.cancel("w", sim.now)
+    step = sim.tick()
+    assert moves(step) == [("w", "waiting", "canceled", "canceled")]
+    assert step.cancel == ("w",)
+    assert sim.engine.next_deadline() is None
+    assert not sim.finish("w", Cancelled())  # the stopped coroutine's report is ignored
+
+
+def test_engine__cancel_running_waits_for_the_attempt_to_stop() -> None:
+    """A running run is asked to stop; it becomes CANCELED when its attempt reports Cancelled."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    sim.submit(spec("r", max_attempts=3), spec("next"))
+    sim.engine.cancel("r", sim.now)
+    step = sim.tick()
+    assert (step.cancel, step.transitions) == (("r",), ())
+    assert sim.engine.state_of("r") is RUNNING
+    sim.engine.cancel("r", sim.now)
+    assert not sim.tick()  # asking twice sends one cancel
+    step = sim.finish("r", Cancelled())
+    assert moves(step) == [
+        ("r", "running", "canceled", "canceled"),
+        ("next", "queued", "running", "started"),
+    ]
+
+
+def test_engine__cancel_of_a_final_or_unknown_run_raises() -> None:
+    """Cancelling a run the engine no longer holds is refused."""
+    sim = Sim()
+    sim.submit(spec("r"))
+    sim.finish("r")
+    with pytest.raises(RunStateError, match="run r is not active"):
+        sim.engine.cancel("r", sim.now)
+    with pytest.raises(RunStateError, match="ghost"):
+        sim.engine.cancel("ghost", sim.now)
+
+
+def test_engine__completed_despite_cancel_stays_completed() -> None:
+    """An attempt that returned before the cancel landed keeps its result."""
+    sim = Sim()
+    sim.submit(spec("r"))
+    sim.engine.cancel("r", sim.now)
+    sim.tick()
+    assert moves(sim.finish("r", Completed("1"))) == [("r", "running", "completed", "completed")]
+
+
+# --- waits --------------------------------------------------------------------------------------
+
+
+def test_engine__wait_until_gives_the_slot_back_and_resumes_first() -> None:
+    """A waiting run frees its slot; at its time it resumes ahead of fresh runs of its key."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    sim.submit(spec("w", key="A"), spec("a2", key="A"))
+    sim.now = T0 + 1
+    sim.engine.wait("w", WaitUntil(T0 + 60), sim.now)
+    step = sim.tick()
+    assert moves(step) == [("w", "running", "waiting", "wait"), ("a2", "queued", "running", "started")]
+    assert step.transitions[0].wait == WaitUntil(T0 + 60)
+    assert sim.stats() == (0, 0, 1, 1)
+    assert sim.engine.next_deadline() == T0 + 60
+
+    step = sim.tick(T0 + 60)
+    assert moves(step) == [("w", "waiting", "queued", "wait_done")]  # a2 holds the key
+    sim.submit(spec("a3", key="A", priority=1))
+    step = sim.finish("a2")
+    assert moves(step)[1] == ("w", "queued", "running", "resumed")
+    assert step.start[0].resumed
+    assert step.start[0].attempt == 1
+    assert sim.engine.state_of("a3") is QUEUED
+    assert started(sim.finish("w")) == ["a3"]
+    assert sim.timeline("w") == [
+        ("queued", "running", "started"),
+        ("running", "waiting", "wait"),
+        ("waiting", "queued", "wait_done"),
+        ("queued", "running", "resumed"),
+        ("running", "completed", "completed"),
+    ]
+
+
+def test_engine__parent_and_child_on_limit_one_queue_do_not_deadlock() -> None:
+    """A parent waiting on its child frees the only slot, so the child runs and the parent resumes."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    sim.submit(spec("parent"))
+    step = sim.submit(spec("child", parent_id="parent"))
+    assert started(step) == []
+    sim.engine.wait("parent", WaitChildren(("child",)), sim.now)
+    step = sim.tick()
+    assert moves(step) == [
+        ("parent", "running", "waiting", "wait"),
+        ("child", "queued", "running", "started"),
+    ]
+    step = sim.finish("child", Completed('{"x": 1}'))
+    assert moves(step) == [
+        ("child", "running", "completed", "completed"),
+        ("parent", "waiting", "queued", "children_done"),
+        ("parent", "queued", "running", "resumed"),
+    ]
+    assert step.start[0].resumed
+    assert step.start[0].children == (ChildResult("child", COMPLETED, '{"x": 1}', None),)
+
+
+def test_engine__children_results_arrive_in_wait_order() -> None:
+    """StartRun.children lists every waited child, in the order the wait named them."""
+    sim = Sim()
+    sim.submit(spec("p", queue="parents"))
+    sim.submit(spec("c1", parent_id="p"), spec("c2", parent_id="p"), spec("c3", parent_id="p"))
+    sim.engine.wait("p", WaitChildren(("c3", "c1", "c2")), sim.now)
+    sim.tick()
+    sim.finish("c1", Completed("1"))
+    sim.finish("c2", Failed(BOOM, retryable=False))
+    sim.engine.cancel("c3", sim.now)
+    step = sim.tick()
+    assert step.cancel == ("c3",)
+    step = sim.finish("c3", Cancelled())
+    assert step.start[0].children == (
+        ChildResult("c3", CANCELED, None, None),
+        ChildResult("c1", COMPLETED, "1", None),
+        ChildResult("c2", FAILED, None, BOOM),
+    )
+
+
+def test_engine__child_finished_before_parent_waits_still_resumes_it() -> None:
+    """A child that ends before its parent reaches the wait resumes the parent at once."""
+    sim = Sim()
+    sim.submit(spec("p", queue="parents"), spec("c", queue="children", parent_id="p"))
+    sim.finish("c", Completed("42"))
+    sim.engine.wait("p", WaitChildren(("c",)), sim.now)
+    step = sim.tick()
+    assert moves(step) == [
+        ("p", "running", "waiting", "wait"),
+        ("p", "waiting", "queued", "children_done"),
+        ("p", "queued", "running", "resumed"),
+    ]
+    assert step.start[0].children == (ChildResult("c", COMPLETED, "42", None),)
+
+
+def test_engine__parent_waits_for_every_child() -> None:
+    """The parent stays WAITING until the last of its children is final."""
+    sim = Sim()
+    sim.submit(spec("p", queue="parents"))
+    sim.submit(spec("c1", parent_id="p"), spec("c2", parent_id="p"))
+    sim.engine.wait("p", WaitChildren(("c1", "c2")), sim.now)
+    sim.tick()
+    sim.finish("c1")
+    assert sim.engine.state_of("p") is WAITING
+    sim.finish("c2", Failed(BOOM))  # retried: not final yet
+    assert sim.engine.state_of("p") is WAITING
+    assert sim.engine.state_of("c2") is DELAYED
+    while sim.engine.state_of("c2") is not None:
+        step = sim.tick(sim.engine.next_deadline() or sim.now)
+        if "c2" in started(step):
+            sim.finish("c2", Completed("2"))
+    assert sim.engine.state_of("p") is RUNNING
+
+
+# --- recovery and shutdown --------------------------------------------------------------------
+
+
+def test_engine__recover_running_run_is_requeued_as_interrupted() -> None:
+    """A run that was RUNNING at a crash is QUEUED again as an interrupted attempt."""
+    sim = Sim()
+    sim.engine.recover(spec("r", state=RUNNING, attempt=1, max_attempts=3), sim.now)
+    step = sim.tick()
+    assert moves(step) == [("r", "running", "queued", "interrupted"), ("r", "queued", "running", "restarted")]
+    assert step.start[0].attempt == 2
+    assert not step.start[0].resumed
+
+
+def test_engine__recover_waiting_run_is_requeued_as_interrupted() -> None:
+    """A run that was WAITING at a crash is replayed from a fresh attempt."""
+    sim = Sim()
+    stored = spec("w", state=WAITING, attempt=1, wait=WaitUntil(T0 + 600))
+    sim.engine.recover(stored, sim.now)
+    step = sim.tick()
+    assert moves(step)[0] == ("w", "waiting", "queued", "interrupted")
+    assert step.start[0].attempt == 2
+
+
+@pytest.mark.parametrize("state", [RUNNING, WAITING])
+def test_engine__recover_without_attempts_left_fails(state: RunState) -> None:
+    """An interrupted last attempt ends the run FAILED, with the interruption as its error."""
+    sim = Sim()
+    sim.engine.recover(spec("r", state=state, attempt=2, max_attempts=2), sim.now)
+    step = sim.tick()
+    assert moves(step) == [("r", state.value, "failed", "interrupted")]
+    error = step.transitions[0].error
+    assert error is not None
+    assert error.type == "Interrupted"
+    assert "r" not in sim.engine
+
+
+def test_engine__recover_queued_resumer_without_attempts_left_fails() -> None:
+    """A run queued to resume lost its attempt in the crash; with none left it FAILS."""
+    sim = Sim()
+    stored = spec("r", state=QUEUED, attempt=1, max_attempts=1, wait=WaitUntil(T0))
+    sim.engine.recover(stored, sim.now)
+    assert moves(sim.tick()) == [("r", "queued", "failed", "interrupted")]
+
+
+def test_engine__recover_queued_and_delayed_runs_are_adopted_as_is() -> None:
+    """Runs that were only QUEUED or DELAYED come back unchanged, with no new transition."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=0)))
+    sim.engine.recover(spec("q1"), sim.now)
+    sim.engine.recover(spec("d1", state=DELAYED, available_at=T0 + 5), sim.now)
+    assert not sim.tick()
+    assert sim.stats() == (1, 1, 0, 0)
+    assert moves(sim.tick(T0 + 5)) == [("d1", "delayed", "queued", "delay_over")]
+
+
+def test_engine__interrupt_all_requeues_running_attempts() -> None:
+    """At shutdown every running attempt is asked to stop; stopped ones are re-queued."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    sim.submit(spec("a", key="A", max_attempts=2), spec("b", key="B", max_attempts=1))
+    sim.engine.interrupt_all(sim.now)
+    step = sim.tick()
+    assert sorted(step.cancel) == ["a", "b"]
+    assert step.transitions == ()
+    sim.engine.finished("a", Cancelled(), sim.now)
+    step = sim.finish("b", Cancelled())
+    assert moves(step) == [
+        ("a", "running", "queued", "interrupted"),
+        ("b", "running", "failed", "interrupted"),
+        ("a", "queued", "running", "restarted"),
+    ]
+    assert step.start[0].attempt == 2
+
+
+def test_engine__interrupt_all_does_not_override_a_user_cancel() -> None:
+    """A run already being cancelled by a user still ends CANCELED after interrupt_all."""
+    sim = Sim()
+    sim.submit(spec("r"))
+    sim.engine.cancel("r", sim.now)
+    sim.engine.interrupt_all(sim.now)
+    assert sim.tick().cancel == ("r",)
+    assert moves(sim.finish("r", Cancelled())) == [("r", "running", "canceled", "canceled")]
+
+
+# --- refusals ---------------------------------------------------------------------------------------
+
+
+def test_engine__illegal_calls_raise_and_change_nothing() -> None:
+    """Reporting an attempt or a wait for a run that is not RUNNING raises and changes nothing."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    sim.submit(spec("running"), spec("queued"))
+    before = (sim.stats(), sim.engine.state_of("queued"), sim.engine.next_deadline())
+    with pytest.raises(RunStateError, match="queued"):
+        sim.engine.finished("queued", Completed("1"), sim.now)
+    with pytest.raises(RunStateError, match="expected running"):
+        sim.engine.wait("queued", WaitUntil(T0 + 5), sim.now)
+    with pytest.raises(RunStateError, match="not active"):
+        sim.engine.wait("ghost", WaitUntil(T0 + 5), sim.now)
+    with pytest.raises(RunStateError, match="running"):
+        sim.engine.submit(spec("bad", state=RUNNING))
+    assert not sim.tick()
+    assert (sim.stats(), sim.engine.state_of("queued"), sim.engine.next_deadline()) == before
+    assert "bad" not in sim.engine
+
+
+def test_engine__submit_twice_is_ignored() -> None:
+    """Submitting a run the engine already holds returns False and queues nothing more."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=0)))
+    s = spec("r")
+    assert sim.engine.submit(s) is True
+    assert sim.engine.submit(s) is False
+    assert sim.stats() == (1, 0, 0, 0)
+    assert len(sim.engine) == 1
+
+
+def test_engine__finished_for_a_run_no_longer_held_is_ignored() -> None:
+    """A late outcome for a run that is already final changes nothing."""
+    sim = Sim()
+    sim.submit(spec("r"))
+    sim.finish("r")
+    assert not sim.finish("r", Failed(BOOM))
+
+
+def test_engine__every_final_transition_is_recorded_once() -> None:
+    """After a mixed workload each run has exactly one final transition, its last one."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    sim.submit(spec("a"), spec("b", max_attempts=1), spec("c"))
+    sim.finish("a")
+    sim.finish("b", Failed(BOOM))
+    sim.engine.cancel("c", sim.now)
+    sim.finish("c", Cancelled())
+    for run_id in "abc":
+        finals = [t for t in sim.history if t.run_id == run_id and t.to in FINAL]
+        assert len(finals) == 1
+        assert [t for t in sim.history if t.run_id == run_id][-1] is finals[0]
+    assert len(sim.engine) == 0
+
+
+# --- known defects (these tests fail until keyq/engine.py is fixed) -------------------------------
+
+
+def test_engine__cancel_of_a_resumed_run_reaches_the_runner() -> None:
+    """Cancelling a resumed run asks the runner to stop it, even if an earlier cancel raced a wait."""
+    sim = Sim()
+    sim.submit(spec("r"))
+    sim.engine.cancel("r", sim.now)
+    assert sim.tick().cancel == ("r",)
+    # the attempt reached its waitpoint before the cancel landed
+    sim.engine.wait("r", WaitUntil(T0 + 5), sim.now)
+    sim.tick()
+    step = sim.tick(T0 + 5)
+    assert started(step) == ["r"]
+    assert step.start[0].resumed
+    sim.engine.cancel("r", sim.now)
+    assert sim.tick().cancel == ("r",)
+
+
+def test_engine__max_duration_still_enforced_after_a_timeout_raced_a_wait() -> None:
+    """A resumed attempt over its max_duration is cancelled, even if an earlier timeout raced a wait."""
+    sim = Sim(Engine(policies={"t": TaskPolicy(max_duration_s=10)}))
+    sim.submit(spec("r"))
+    assert sim.tick(T0 + 10).cancel == ("r",)
+    sim.engine.wait("r", WaitUntil(T0 + 20), sim.now)  # the wait won the race
+    sim.tick()
+    assert started(sim.tick(T0 + 20)) == ["r"]
+    assert sim.engine.next_deadline() == T0 + 20  # the budget is already used up
+    assert sim.tick(T0 + 20).cancel == ("r",)
+
+
+def test_engine__user_cancel_is_not_undone_by_a_retry() -> None:
+    """A run the user cancelled is not retried when its attempt fails before the cancel lands."""
+    sim = Sim()
+    sim.submit(spec("r", max_attempts=3))
+    sim.engine.cancel("r", sim.now)
+    sim.tick()
+    step = sim.finish("r", Failed(BOOM))
+    assert sim.engine.state_of("r") is None
+    assert [t.to for t in step.transitions] == [CANCELED]
+
+
+def test_engine__recover_reapplies_the_trigger_queue_limit() -> None:
+    """After a restart, interrupted runs still obey the queue limit they were triggered with."""
+    sim = Sim()
+    for run_id in ("a", "b"):
+        stored = spec(run_id, queue="free", key="u1", state=RUNNING, attempt=1, queue_limit=1)
+        sim.engine.recover(stored, sim.now)
+    step = sim.tick()
+    assert started(step) == ["a"]
+    assert sim.engine.limits.queue_limit("free").concurrency_limit == 1
