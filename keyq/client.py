@@ -19,7 +19,7 @@ import anyio
 from keyq import admin, control
 from keyq.clock import SystemClock
 from keyq.config import Config, load_config
-from keyq.errors import KeyqError
+from keyq.errors import KeyqError, RunNotFoundError
 from keyq.inspect import Inspector
 from keyq.instance import InstanceLock, daemon_running, socket_path
 from keyq.producer import Producer, TriggerRequest, split_item
@@ -110,6 +110,8 @@ class Client:
 
     def cancel(self, run_id: str) -> None:
         """Cancel a run, through the daemon if it runs, else directly in the database."""
+        if not self.config.database.exists():
+            raise RunNotFoundError(run_id)
         lock = InstanceLock(self.config.database)
         if lock.try_acquire():
             with lock:

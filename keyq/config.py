@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -21,11 +20,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from keyq.durations import parse_duration
-from keyq.errors import ConfigError
+from keyq.errors import ConfigError, DefinitionError
+from keyq.registry import check_name
 
 Durability = Literal["full", "normal"]
 LogFormat = Literal["auto", "json", "console"]
-NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -258,7 +257,9 @@ def _queues(table: dict[str, Any]) -> dict[str, QueueConfig]:
     queues: dict[str, QueueConfig] = {}
     for name, value in table.items():
         key = f"queues.{name}"
-        if not NAME_RE.match(name):
-            raise ConfigError(f"{key}: queue names are 1-128 characters of A-Z a-z 0-9 . _ : -")
+        try:
+            check_name("queue name", name)
+        except DefinitionError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
         queues[name] = QueueConfig(**_fields(f"{key}.", _table(key, value), _QUEUE))
     return queues

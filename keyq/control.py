@@ -132,6 +132,17 @@ def request(path: Path, message: dict[str, Any], timeout_s: float = 10.0) -> dic
     return answer
 
 
+def _connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(1.0)
+        sock.connect(os.fspath(path))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Poker:
     """Pokes a daemon over a kept-open connection; silent when no daemon listens."""
 
@@ -148,10 +159,7 @@ class Poker:
         for _ in range(2):  # a daemon restart closes the old connection: retry once
             try:
                 if self._sock is None:
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    sock.settimeout(1.0)
-                    sock.connect(os.fspath(self._path))
-                    self._sock = sock
+                    self._sock = _connect(self._path)
                 self._sock.sendall(b'{"op":"poke"}\n')
                 return
             except OSError:

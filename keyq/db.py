@@ -68,18 +68,22 @@ def connect(
         conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=lock_timeout_s
         )
-        configure(conn, durability, lock_timeout_s)
-        migrate(conn)
+        try:
+            configure(conn, durability, lock_timeout_s)
+            migrate(conn, path)
+        except BaseException:
+            conn.close()
+            raise
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring the schema up to :data:`SCHEMA_VERSION`, one transaction per migration."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise StoreError(
-            f"database schema version {version} is newer than this keyq understands "
-            f"({SCHEMA_VERSION}); upgrade keyq"
+            f"database {path} has schema version {version}, newer than this keyq "
+            f"understands ({SCHEMA_VERSION}); upgrade keyq"
         )
     while version < SCHEMA_VERSION:
         with transaction(conn):

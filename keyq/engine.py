@@ -132,8 +132,6 @@ class Engine:
         if spec.state not in (QUEUED, DELAYED):
             raise RunStateError(f"run {spec.id}: cannot submit a run that is {spec.state}")
         run = self._adopt(spec)
-        if spec.queue_limit is not None:
-            self._apply_trigger_override(spec.queue, spec.queue_limit)
         if run.state is DELAYED:
             self._wakeups.push(run.id, spec.available_at)
         else:
@@ -147,7 +145,7 @@ class Engine:
         QUEUED as an interrupted attempt if it has attempts left, else FAILED.
         """
         interrupted = spec.state in (RUNNING, WAITING) or spec.wait is not None
-        if not interrupted:
+        if not interrupted or spec.id in self._runs:
             self.submit(spec)
             return
         run = self._adopt(spec)
@@ -173,9 +171,12 @@ class Engine:
             state=spec.state,
             attempt=spec.attempt,
             parent_id=spec.parent_id,
+            wait=spec.wait,
         )
         self._runs[run.id] = run
         self._counts[run.state] += 1
+        if spec.queue_limit is not None:
+            self._apply_trigger_override(spec.queue, spec.queue_limit)
         return run
 
     def _apply_trigger_override(self, queue: str, concurrency_limit: int) -> None:
@@ -195,10 +196,11 @@ class Engine:
         self._leave_running(run, now)
         if isinstance(outcome, Completed):
             self._finish(run, COMPLETED, now, "completed", result=outcome.result)
+        elif run.cancel_reason == "canceled":  # a cancel wins over a retry
+            error = outcome.error if isinstance(outcome, Failed) else None
+            self._finish(run, CANCELED, now, "canceled", error=error)
         elif isinstance(outcome, Failed):
             self._attempt_failed(run, now, outcome.error, outcome.retryable, "failed")
-        elif run.cancel_reason == "canceled":
-            self._finish(run, CANCELED, now, "canceled")
         elif run.cancel_reason == "timeout":
             budget = self._policy(run).max_duration_s
             error = ErrorInfo("Timeout", f"attempt exceeded max_duration of {budget} s")
@@ -220,6 +222,9 @@ class Engine:
         the shell reads them from the store, see :meth:`unresolved_children`.
         """
         run = self._require(run_id, RUNNING)
+        if run.cancel_reason is not None:
+            # The attempt is being stopped; its Cancelled outcome decides the run.
+            return
         self._leave_running(run, now)
         run.wait = wait
         self._move(run, WAITING, now, "wait")
@@ -369,7 +374,8 @@ class Engine:
                 problems.append(f"run {run.id} is {run.state} and holds a slot: {holds}")
             if run.state is QUEUED and run.id not in self._dispatcher:
                 problems.append(f"run {run.id} is queued but not in the dispatcher")
-            if run.state is QUEUED and self.limits.can_start(run.queue, run.key):
+            idle_slot = not self._holding and self.limits.can_start(run.queue, run.key)
+            if run.state is QUEUED and idle_slot:
                 problems.append(f"run {run.id} could start but is left queued")
         if self.limits.running != by_state[RUNNING]:
             problems.append(f"{self.limits.running} slots held by {by_state[RUNNING]} runs")

@@ -21,12 +21,12 @@ from keyq.retry import DEFAULT_RETRY, Retry
 if TYPE_CHECKING:
     from keyq.results import RunHandle, RunResult
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def check_name(kind: str, name: object) -> str:
     """Return ``name`` if it is a valid task id or queue name, else raise DefinitionError."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise DefinitionError(
             f"invalid {kind} {name!r}: use 1-128 characters of A-Z a-z 0-9 . _ : -"
         )
@@ -135,13 +135,19 @@ class Registry:
 
     def task(
         self,
-        id: str | None = None,
+        id: str | TaskFn | None = None,
         *,
         queue: Queue | str | None = None,
         retry: Retry | None = None,
         max_duration: float | timedelta | None = None,
-    ) -> Callable[[TaskFn], Task]:
-        """Decorator registering an async (or sync, run in a thread) function as a task."""
+    ) -> Any:
+        """Decorator registering an async (or sync, run in a thread) function as a task.
+
+        ``@task(id="send-email", queue=..., retry=..., max_duration=300)``, or bare
+        ``@task`` to use the function's name as the id.
+        """
+        if callable(id):
+            return self.task()(id)
 
         def register(fn: TaskFn) -> Task:
             task_id = check_name("task id", id if id is not None else fn.__name__)

@@ -177,6 +177,8 @@ def run_json(row: sqlite3.Row, *, events: bool = False) -> dict[str, Any]:
     }
     if events:
         data["events"] = [
-            {**e, "at": iso(e["at"])} for e in map(json.loads, row["events"].splitlines())
+            # split on "\n" only: splitlines() would also split inside a message
+            {**e, "at": iso(e["at"])}
+            for e in map(json.loads, filter(None, row["events"].split("\n")))
         ]
     return data

@@ -34,9 +34,7 @@ def _violations(source: str) -> list[str]:
     bad = []
     for name in _imported_modules(source):
         top = name.split(".")[0]
-        if top in BANNED:
-            bad.append(name)
-        elif top == "keyq" and name not in ALLOWED_KEYQ:
+        if top in BANNED or (top == "keyq" and name not in ALLOWED_KEYQ):
             bad.append(name)
     return bad
 

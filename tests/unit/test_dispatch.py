@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from keyq.dispatch import Dispatcher, Popped
 from keyq.limits import Key, Limits, QueueLimit
 from keyq.model import RESUME_PRIORITY
@@ -312,12 +314,8 @@ def test_dispatch__duplicate_push_is_refused() -> None:
     """A run can be queued once; a second push is a bug and raises."""
     d = Dispatcher()
     d.push("r1", "q", "A", 5)
-    try:
+    with pytest.raises(ValueError, match="run r1 is already queued"):
         d.push("r1", "q", "B", 1)
-    except ValueError as exc:
-        assert "r1" in str(exc)
-    else:
-        raise AssertionError("a second push of r1 was accepted")
     assert len(d) == 1
 
 

@@ -83,10 +83,10 @@ def test_states__illegal_transition_is_a_keyq_error() -> None:
 
 def test_states__groups_partition_the_states() -> None:
     """Every state is either active or final, and only RUNNING holds a slot."""
-    assert ACTIVE | FINAL == set(RunState)
+    assert set(RunState) == ACTIVE | FINAL
     assert not ACTIVE & FINAL
-    assert FINAL == {COMPLETED, FAILED, CANCELED}
-    assert HOLDS_SLOT == {RUNNING}
+    assert {COMPLETED, FAILED, CANCELED} == FINAL
+    assert {RUNNING} == HOLDS_SLOT
 
 
 def test_states__table_covers_every_state() -> None:

@@ -1,0 +1,56 @@
+"""Shared fixtures: a fake clock, a fresh registry, and a config on a temporary database."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keyq.clock import FakeClock
+from keyq.config import Config, LimitsConfig, LogConfig
+from keyq.logs import configure_logging
+from keyq.registry import Registry
+
+configure_logging(LogConfig(format="json", level="warning"), stream=sys.stderr)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def registry() -> Registry:
+    """A registry of its own per test, so task ids never clash between tests."""
+    return Registry()
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    return tmp_path / "keyq.db"
+
+
+@pytest.fixture
+def config(database: Path) -> Config:
+    return Config(
+        database=database,
+        limits=LimitsConfig(concurrency=20, burst_factor=2.0),
+        shutdown_grace_s=10.0,
+        log=LogConfig(format="json", level="warning"),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_producer() -> Iterator[None]:
+    """A test that triggers outside a daemon must not leave a default client behind."""
+    yield
+    import keyq.producer
+
+    keyq.producer._default = None
