@@ -338,10 +338,9 @@ async def test_dispatch__priority_then_fair_round_robin_then_fifo(
         client.trigger(ordered, "urgent", concurrency_key="heavy", priority=1)
         client.trigger(ordered, "lazy", concurrency_key="light-0", priority=9)
 
-    async with keyq.Daemon(config, registry=registry) as daemon:
-        async with deadline():
-            while len(order) < 57:
-                await daemon.until_idle()
+    async with keyq.Daemon(config, registry=registry) as daemon, deadline():
+        while len(order) < 57:
+            await daemon.until_idle()
 
     assert order[0] == "urgent"
     first_round = order[1:7]
@@ -380,9 +379,8 @@ async def test_daemon__stop_past_grace_requeues_and_next_daemon_finishes(
             await started.wait()
         await daemon.stop(grace_s=0)
 
-    async with keyq.Daemon(config, registry=registry) as daemon:
-        async with deadline():
-            result = await daemon.result(handle.id)
+    async with keyq.Daemon(config, registry=registry) as daemon, deadline():
+        result = await daemon.result(handle.id)
 
     assert result.output == 2
     reasons = [t[:2] for t in timeline(config, handle.id)]
