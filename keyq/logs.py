@@ -43,12 +43,17 @@ def configure_logging(log: LogConfig, stream: TextIO | None = None) -> None:
     ]
     if fmt == "json":
         processors.append(structlog.processors.format_exc_info)
+    global _min_level
+    _min_level = _LEVELS[log.level]
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[log.level]),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+_min_level = logging.INFO
 
 
 def get_logger() -> Any:
@@ -76,6 +81,8 @@ def log_transitions(log: Any, transitions: Sequence[Transition], payloads: bool)
     or result unless ``payloads`` (``[log] payloads = true``)."""
     for t in transitions:
         event, level = _EVENTS.get((t.to.value, t.reason), (f"run_{t.to.value}", "debug"))
+        if _LEVELS[level] < _min_level:
+            continue  # filtered anyway: skip building the event on the hot path
         fields: dict[str, Any] = {
             "run_id": t.run_id,
             "task": t.task,
