@@ -1,0 +1,42 @@
+"""Tasks for the end-to-end tier, imported by `keyq serve --app e2e_tasks` and by the tests.
+
+Registers into keyq.default_registry: import it once per process (the e2e conftest does).
+Results carry what the task measured itself (times, pid, attempt), so a test can reason
+about real overlap and about which daemon process ran an attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import anyio
+
+import keyq
+
+FAST_RETRY = keyq.Retry(max_attempts=3, min_delay=0.05, max_delay=0.05, jitter=0)
+
+analysis = keyq.queue("e2e-analysis", concurrency_limit=2)
+
+
+@keyq.task(id="e2e-sleep", queue=analysis)
+async def e2e_sleep(payload: dict[str, Any], ctx: keyq.Context) -> dict[str, Any]:
+    """Sleep payload["s"] seconds; report the interval as measured inside the attempt."""
+    start = time.time()
+    await anyio.sleep(payload["s"])
+    return {"start": start, "end": time.time(), "pid": os.getpid(), "attempt": ctx.attempt}
+
+
+@keyq.task(id="e2e-noop")
+async def e2e_noop(payload: dict[str, Any], ctx: keyq.Context) -> dict[str, Any]:
+    """Do nothing; say which process ran it."""
+    return {"pid": os.getpid()}
+
+
+@keyq.task(id="e2e-flaky", retry=FAST_RETRY)
+async def e2e_flaky(payload: dict[str, Any], ctx: keyq.Context) -> dict[str, Any]:
+    """Fail every attempt before payload["ok_on"], then succeed."""
+    if ctx.attempt < payload["ok_on"]:
+        raise RuntimeError(f"flaky attempt {ctx.attempt} of ok_on {payload['ok_on']}")
+    return {"attempt": ctx.attempt}
