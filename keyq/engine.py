@@ -257,7 +257,7 @@ class Engine:
             return
         if run.state is QUEUED:
             self._dispatcher.discard(run.id)
-        elif run.state is WAITING:
+        if run.state is WAITING or run.resume:
             self._cancels.append(run.id)  # stop the suspended coroutine
         self._finish(run, CANCELED, now, "canceled")
 

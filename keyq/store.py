@@ -8,10 +8,12 @@ runs changed, never one per run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiosqlite
+import anyio
 
 from keyq import db
 from keyq.config import Config
@@ -29,6 +31,10 @@ class SqliteStore:
     def __init__(self, conn: aiosqlite.Connection, config: Config) -> None:
         self._conn = conn
         self._config = config
+        # One operation at a time: a read from another task must never run
+        # inside the main loop's open commit transaction (it would see
+        # uncommitted rows).
+        self._lock = anyio.Lock()
 
     @classmethod
     async def open(cls, config: Config) -> SqliteStore:
@@ -44,9 +50,15 @@ class SqliteStore:
     async def close(self) -> None:
         await self._conn.close()
 
+    @asynccontextmanager
+    async def _exclusive(self, what: str) -> AsyncIterator[None]:
+        async with self._lock:
+            with map_store_errors(what):
+                yield
+
     async def load_active(self) -> tuple[list[RunSpec], int]:
         """Every non-final run, oldest first, and the highest seq, from one snapshot."""
-        with map_store_errors("loading runs"):
+        async with self._exclusive("loading runs"):
             await self._conn.execute("BEGIN")
             try:
                 rows = await self._conn.execute_fetchall(Q["select_active_runs"])
@@ -57,14 +69,14 @@ class SqliteStore:
 
     async def load_new(self, after_seq: int, limit: int) -> list[RunSpec]:
         """Runs inserted after ``after_seq``, oldest first (an index range, not a scan)."""
-        with map_store_errors("reading new runs"):
+        async with self._exclusive("reading new runs"):
             rows = await self._conn.execute_fetchall(Q["select_new_runs"], (after_seq, limit))
         return [spec_from_row(tuple(r)) for r in rows]
 
     async def commit(self, transitions: Sequence[Transition]) -> None:
         """Persist transitions, in order, in one transaction."""
         params = [transition_params(t) for t in transitions]
-        with map_store_errors(f"recording {len(params)} transitions"):
+        async with self._exclusive(f"recording {len(params)} transitions"):
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
                 await self._conn.executemany(Q["apply_transition"], params)
@@ -75,7 +87,7 @@ class SqliteStore:
 
     async def outcome(self, run_id: RunId) -> ChildResult | None:
         """The run's status, result and error as stored, or None if there is no such run."""
-        with map_store_errors("reading a run's outcome"):
+        async with self._exclusive("reading a run's outcome"):
             row = await self._fetchone(Q["get_run_outcome"], (run_id,))
         if row is None:
             return None
@@ -84,7 +96,7 @@ class SqliteStore:
 
     async def settings(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Runtime limit overrides: (queue rows, key rows), as dicts by column name."""
-        with map_store_errors("reading limit settings"):
+        async with self._exclusive("reading limit settings"):
             queues = await self._conn.execute_fetchall(Q["select_queue_settings"])
             keys = await self._conn.execute_fetchall(Q["select_key_settings"])
         queue_cols = ("queue", "concurrency_limit", "total_limit", "paused")

@@ -863,3 +863,17 @@ def test_engine__audit_is_clean_while_draining() -> None:
     sim.submit(spec("fresh"))
     assert sim.engine.state_of("fresh") is QUEUED
     assert sim.engine.audit() == []
+
+
+def test_engine__cancel_of_a_run_queued_to_resume_stops_its_coroutine() -> None:
+    """A run whose wait is over but has no slot yet is canceled and its coroutine stopped."""
+    sim = Sim(Engine(Limits(concurrency=1, burst_factor=1.0)))
+    sim.submit(spec("w"))
+    sim.engine.wait("w", WaitUntil(T0 + 5), sim.now)
+    assert started(sim.submit(spec("busy"))) == ["busy"]
+    sim.tick(T0 + 5)  # "w" is queued to resume, but the only slot is taken
+    assert sim.engine.state_of("w") is QUEUED
+    sim.engine.cancel("w", sim.now)
+    step = sim.tick()
+    assert step.cancel == ("w",)
+    assert [(t.run_id, t.to) for t in step.transitions] == [("w", CANCELED)]
