@@ -25,7 +25,7 @@ from keyq.daemon import Daemon
 from keyq.errors import KeyqError
 from keyq.logs import configure_logging
 from keyq.registry import default_registry
-from keyq.views import render_run, render_runs, render_stats
+from keyq.views import render_keys, render_queues, render_run, render_runs, render_stats
 
 app = typer.Typer(
     name="keyq",
@@ -35,8 +35,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 runs_app = typer.Typer(help="List, show and cancel runs.", no_args_is_help=True)
-queues_app = typer.Typer(help="Show queues; change their limits; pause and resume them.")
-keys_app = typer.Typer(help="Show the concurrency keys of a queue; set one key's limit.")
+queues_app = typer.Typer(
+    help="Show queues (with no subcommand); change their limits; pause and resume them."
+)
+keys_app = typer.Typer(help="Show the concurrency keys of a queue (--queue); set one key's limit.")
 app.add_typer(runs_app, name="runs")
 app.add_typer(queues_app, name="queues")
 app.add_typer(keys_app, name="keys")
@@ -244,6 +246,34 @@ def stats(as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Counts by state, in total, per queue and per active key, and the capacity in use."""
     with errors_reported(), client(config) as c:
         emit(c.stats(), as_json, render_stats)
+
+
+@queues_app.callback(invoke_without_command=True)
+def queues_list(
+    ctx: typer.Context, as_json: JsonOpt = False, config: ConfigOpt = None, apps: AppOpt = None
+) -> None:
+    """Queues with their effective limits (code, config, runtime), pause state and counts."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with errors_reported(), client(config, apps or [], tasks=True) as c:
+        emit(c.queues(), as_json, render_queues)
+
+
+@keys_app.callback(invoke_without_command=True)
+def keys_list(
+    ctx: typer.Context,
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="The queue.")] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    apps: AppOpt = None,
+) -> None:
+    """Active keys of a queue, busiest backlog first: running, queued, and who is at its limit."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if queue is None:
+        fail("give --queue QUEUE", code=2)
+    with errors_reported(), client(config, apps or [], tasks=True) as c:
+        emit(c.keys(queue), as_json, render_keys)
 
 
 @queues_app.command("set-limit")

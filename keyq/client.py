@@ -95,6 +95,16 @@ class Client:
     def stats(self) -> dict[str, Any]:
         return self.inspector.stats(self.config.limits.burst)
 
+    def queues(self) -> list[dict[str, Any]]:
+        """Known queues with effective limits, pause state and active counts."""
+        return self.inspector.queues(self.registry.queues, self.config)
+
+    def keys(self, queue: str) -> list[dict[str, Any]]:
+        """The active keys of a queue, busiest backlog first, and which are at their limit."""
+        setting = {q["queue"]: q for q in self.queues()}.get(queue)
+        limit = setting["concurrency_limit"] if setting else None
+        return self.inspector.keys(queue, limit)
+
     def wait(self, run_id: str, timeout: float | None = None) -> RunResult:
         """Block until the run is final; TimeoutError after ``timeout`` seconds."""
         deadline = None if timeout is None else self._clock.now() + timeout

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from keyq import db
 from keyq.config import Config
 from keyq.errors import KeyqError, RunNotFoundError, map_store_errors
+from keyq.limits import QueueLimit
+from keyq.registry import Queue
 from keyq.results import RunResult
 from keyq.rows import error_from_json, run_json
+from keyq.settings import QueueSetting, queue_settings
 from keyq.states import FINAL, RunState
 
 STATUSES = [s.value for s in RunState]
+ACTIVE_NAMES = ("queued", "delayed", "running", "waiting")
 
 
 class NoDatabaseError(KeyqError):
@@ -107,6 +112,58 @@ class Inspector:
             },
             "message": capacity_message(total["running"], burst_limit, total["queued"]),
         }
+
+    def queues(self, code: Mapping[str, Queue], config: Config) -> list[dict[str, Any]]:
+        """Every known queue: effective limits (code < config < runtime), pause, active counts."""
+        with map_store_errors("reading queues"):
+            stored = self._conn.execute(db.QUERIES["select_queue_settings"]).fetchall()
+            counts = self._conn.execute(db.QUERIES["count_active_by_queue"]).fetchall()
+        settings = queue_settings(code, config.queues, [dict(r) for r in stored])
+        active: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ACTIVE_NAMES, 0))
+        for queue, status, count in counts:
+            active[queue][status] = count
+        names = sorted(set(settings) | set(active))
+        unset = QueueSetting(QueueLimit(), False)
+        return [
+            {
+                "queue": name,
+                "concurrency_limit": settings.get(name, unset).limit.concurrency_limit,
+                "total_limit": settings.get(name, unset).limit.total_limit,
+                "paused": settings.get(name, unset).paused,
+                **active[name],
+            }
+            for name in names
+        ]
+
+    def keys(self, queue: str, key_limit: int | None) -> list[dict[str, Any]]:
+        """Active keys of one queue with their counts, and whether each is at its limit."""
+        with map_store_errors("reading keys"):
+            counts = self._conn.execute(db.QUERIES["count_active_by_key"], (queue,)).fetchall()
+            overrides = {
+                r["concurrency_key"]: r
+                for r in self._conn.execute(db.QUERIES["select_key_settings"]).fetchall()
+                if r["queue"] == queue
+            }
+        keys: dict[str | None, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ACTIVE_NAMES, 0))
+        for key, status, count in counts:
+            keys[key][status] = count
+        rows = []
+        for key, c in sorted(keys.items(), key=lambda kv: (-kv[1]["queued"], str(kv[0]))):
+            override = overrides.get(key)
+            limit = override["concurrency_limit"] if override else None
+            limit = key_limit if limit is None else limit
+            paused = bool(override["paused"]) if override else False
+            at_limit = paused or (limit is not None and c["running"] >= limit)
+            rows.append(
+                {
+                    "concurrency_key": key,
+                    "limit": limit,
+                    "paused": paused,
+                    "at_limit": at_limit,
+                    **c,
+                }
+            )
+        return rows
 
 
 def capacity_message(running: int, limit: int, queued: int) -> str:

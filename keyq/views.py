@@ -91,6 +91,38 @@ def _seconds(start: str, end: str) -> float:
     return (parse(end) - parse(start)).total_seconds()
 
 
+def render_queues(queues: list[dict[str, Any]]) -> str:
+    if not queues:
+        return "no queues yet"
+    rows = [
+        (
+            q["queue"],
+            q["concurrency_limit"] if q["concurrency_limit"] is not None else "none",
+            q["total_limit"],
+            "yes" if q["paused"] else "no",
+            *(q[s] for s in ACTIVE_COLUMNS),
+        )
+        for q in queues
+    ]
+    headers = ("QUEUE", "LIMIT/KEY", "TOTAL", "PAUSED", *(c.upper() for c in ACTIVE_COLUMNS))
+    return table(headers, rows)
+
+
+def render_keys(keys: list[dict[str, Any]]) -> str:
+    if not keys:
+        return "no active keys in this queue"
+    rows = [
+        (
+            k["concurrency_key"] if k["concurrency_key"] is not None else "(no key)",
+            k["limit"],
+            "AT LIMIT" if k["at_limit"] else "",
+            *(k[s] for s in ACTIVE_COLUMNS),
+        )
+        for k in keys
+    ]
+    return table(("KEY", "LIMIT", "", *(c.upper() for c in ACTIVE_COLUMNS)), rows)
+
+
 def render_stats(stats: dict[str, Any]) -> str:
     columns = (*ACTIVE_COLUMNS, *FINAL_COLUMNS)
     lines = [stats["message"], ""]

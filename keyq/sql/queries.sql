@@ -96,3 +96,12 @@ SELECT concurrency_limit, paused FROM key_settings WHERE queue = ? AND concurren
 
 -- name: get_run_status
 SELECT status, attempt FROM runs WHERE id = ?;
+
+-- name: count_active_by_queue
+SELECT queue, status, COUNT(*) FROM runs INDEXED BY runs_status
+WHERE status IN ('queued', 'delayed', 'running', 'waiting') GROUP BY queue, status;
+
+-- name: count_active_by_key
+SELECT concurrency_key, status, COUNT(*) FROM runs INDEXED BY runs_status
+WHERE status IN ('queued', 'delayed', 'running', 'waiting') AND queue = ?
+GROUP BY concurrency_key, status;
