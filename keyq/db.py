@@ -53,9 +53,18 @@ def configure(conn: sqlite3.Connection, durability: str, lock_timeout_s: float) 
 
 
 def ensure_file(path: Path) -> None:
-    """Create the database file owner-only before SQLite does (WAL files inherit its mode)."""
+    """Create the database file owner-only before SQLite does (WAL files inherit its mode).
+
+    Never opens a file that already exists: on POSIX, closing *any* descriptor
+    of a file drops every lock this process holds on it, including SQLite's
+    locks of connections already open here. Another process could then
+    checkpoint and delete the WAL under them, losing acknowledged writes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
     os.close(fd)
 
 

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -55,8 +56,16 @@ class InstanceLock:
         return True
 
     def acquire_for_daemon(self) -> None:
-        """Take the lock and record our pid, or raise naming the daemon that holds it."""
-        if not self.try_acquire():
+        """Take the lock and record our pid, or raise naming the daemon that holds it.
+
+        A holder that wrote no pid is a CLI command probing or cancelling for a
+        moment: wait for it (up to about 2 s) rather than refuse to start.
+        """
+        for _ in range(40):
+            if self.try_acquire() or read_pid(self.path):
+                break
+            time.sleep(0.05)
+        if self._fd is None:
             pid = read_pid(self.path)
             who = f"pid {pid}" if pid else "another process"
             raise DaemonAlreadyRunningError(

@@ -228,12 +228,18 @@ def runs_by_status(client: keyq.Client, **filters: Any) -> dict[str, list[dict[s
 def wait_final(client: keyq.Client, ids: list[str], timeout: float) -> list[dict[str, Any]]:
     """Wait until every run in ``ids`` is final; return them (with events) in ``ids`` order."""
     pending = set(ids)
+    seen: dict[str, str] = {}
 
     def done() -> bool:
         for run_id in list(pending):
-            if client.get_run(run_id)["status"] in FINAL:
+            seen[run_id] = client.get_run(run_id)["status"]
+            if seen[run_id] in FINAL:
                 pending.discard(run_id)
         return not pending
 
-    wait_until(done, timeout, lambda: f"{len(pending)} of {len(ids)} runs still not final")
+    def what() -> str:
+        statuses = sorted(seen[i] for i in pending)
+        return f"{len(pending)} of {len(ids)} runs not final; this client reads {statuses}"
+
+    wait_until(done, timeout, what)
     return [client.get_run(run_id) for run_id in ids]
