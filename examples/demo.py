@@ -153,7 +153,8 @@ def summary(runs: list[dict[str, Any]], peaks: dict[tuple[str, str], int]) -> No
     top = max(peaks.values())
     print(f"{completed} of {len(runs)} runs completed (children of weekly-report included).")
     print(f"most runs any user had running on one queue at once: {top} (limit {LIMIT}).")
-    print("try: keyq stats   keyq runs list --key user-1   keyq runs show <id>")
+    keyq_cli = Path(sys.executable).parent / "keyq"
+    print(f"try: {keyq_cli} stats   (also: runs list --key user-1, runs show ID, queues)")
     if top > LIMIT or completed != len(runs):
         sys.exit("unexpected: see keyq-demo.log")
 
