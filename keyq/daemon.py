@@ -34,7 +34,7 @@ from keyq.clock import Clock, SystemClock
 from keyq.config import Config, load_config
 from keyq.context import Context
 from keyq.engine import Engine, TaskPolicy
-from keyq.errors import KeyqError, RunNotFoundError, RunStateError, StoreError
+from keyq.errors import KeyqError, RunNotFoundError, RunStateError, StoreError, WaitError
 from keyq.instance import InstanceLock, socket_path
 from keyq.limits import Limits
 from keyq.logs import configure_logging, get_logger, log_transitions
@@ -42,6 +42,7 @@ from keyq.model import (
     Cancelled,
     ChildResult,
     ErrorInfo,
+    Failed,
     Outcome,
     RunId,
     StartRun,
@@ -59,6 +60,7 @@ from keyq.slots import Slot
 from keyq.states import DELAYED, FAILED, FINAL, QUEUED, RunState
 from keyq.store import SqliteStore
 
+STRAY_CANCEL = "the task raised CancelledError without being cancelled (an awaited task was?)"
 INGEST_BATCH = 5000
 POLL_INTERVAL_S = 2.0  # safety net for a lost poke; pokes are the normal path
 
@@ -120,10 +122,10 @@ class Daemon:
         self._poked = True
         self._next_poll_at = 0.0
         self._last_seq = 0
-        self._attempts: dict[RunId, anyio.CancelScope | None] = {}
+        self._attempts: dict[RunId, anyio.CancelScope] = {}
         self._suspended: dict[RunId, Slot[tuple[ChildResult, ...]]] = {}
         self._result_waiters: dict[RunId, list[Slot[RunResult]]] = {}
-        self._idle_waiters: list[anyio.Event] = []
+        self._idle_waiters: list[tuple[anyio.Event, bool]] = []
         self._stopping = False
         self._exit_loop = False
         self._drained = anyio.Event()
@@ -139,13 +141,22 @@ class Daemon:
         if not structlog.is_configured():
             configure_logging(self.config.log)
         self._lock.acquire_for_daemon()
+        # Before any task starts: attempts inherit it, so Task.trigger inside a
+        # task reaches this daemon's database, not whatever ./keyq.toml says.
+        self._token = set_current(self)
         try:
             await self._start()
         except BaseException:
-            await self._stack.aclose()
-            self._lock.release()
+            await self._close()
             raise
         return self
+
+    async def _close(self) -> None:
+        try:
+            await self._stack.aclose()
+        finally:
+            reset_current(self._token)
+            self._lock.release()
 
     async def _start(self) -> None:
         self._store = await SqliteStore.open(self.config)
@@ -158,7 +169,6 @@ class Daemon:
 
             await self._tg.start(serve_control, self, self.socket_path)
         self._tg.start_soon(self._main_loop, name="keyq main loop")
-        self._token = set_current(self)
         self.log.info(
             "daemon_started",
             database=str(self.config.database),
@@ -179,12 +189,14 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 await self.stop(grace_s=grace)
         finally:
-            reset_current(self._token)
             assert self._tg is not None
             self._tg.cancel_scope.cancel()  # waiting attempts and the control socket
-            await self._stack.aclose()
-            self._lock.release()
-            self.log.info("daemon_stopped")
+            for slot in self._suspended.values():
+                slot.set(())  # out of their shield, into the cancellation
+            try:
+                await self._close()
+            finally:
+                self.log.info("daemon_stopped")
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Start nothing new, let running attempts finish within ``grace_s``, then stop.
@@ -288,7 +300,7 @@ class Daemon:
                 now = self.clock.now()
                 self._ping_watchdog(now)
                 if self._poked or now >= self._next_poll_at:
-                    await self._ingest(now)
+                    await self._ingest_safely(now)
                 await self._apply_inbox(now)
                 await self._execute(self.engine.tick(now))
                 self._check_drained()
@@ -303,38 +315,58 @@ class Daemon:
         deadline = self.engine.next_deadline()
         return self._next_poll_at if deadline is None else min(deadline, self._next_poll_at)
 
+    async def _ingest_safely(self, now: float) -> None:
+        try:
+            await self._ingest(now)
+        except StoreError as exc:  # the runs are on disk: read them on the next pass
+            self.log.error("ingest_failed", error=str(exc))
+
     async def _ingest(self, now: float) -> None:
         """Adopt runs that producers inserted since we last looked (by seq, never a scan)."""
         assert self._store is not None
         self._poked = False
         self._next_poll_at = now + POLL_INTERVAL_S
+        overrides = False
         while True:
             specs = await self._store.load_new(self._last_seq, INGEST_BATCH)
             for spec in specs:
                 if spec.state in (QUEUED, DELAYED):
                     self.engine.submit(spec)
+                overrides = overrides or spec.queue_limit is not None
             if specs:
                 self._last_seq = specs[-1].seq
             if len(specs) < INGEST_BATCH:
-                return
+                break
+        if overrides:  # a trigger set a queue's limit: queue_settings holds the latest word
+            await self.reload_settings()
 
     async def _apply_inbox(self, now: float) -> None:
         inbox, self._inbox = self._inbox, []
         for command in inbox:
-            if isinstance(command, _Finished):
-                self._attempts.pop(command.run_id, None)
-                self.engine.finished(command.run_id, command.outcome, now)
-            elif isinstance(command, _Waiting):
-                await self._begin_wait(command, now)
-            elif isinstance(command, _Cancel):
-                await self._apply_cancel(command, now)
-            else:
-                self._apply_change(command, now)
+            try:
+                await self._apply(command, now)
+            except Exception:
+                # One bad command must not take every other run down with the daemon.
+                self.log.exception("command_failed", command=type(command).__name__)
+
+    async def _apply(self, command: _Command, now: float) -> None:
+        if isinstance(command, _Finished):
+            self._attempts.pop(command.run_id, None)
+            self.engine.finished(command.run_id, command.outcome, now)
+        elif isinstance(command, _Waiting):
+            await self._begin_wait(command, now)
+        elif isinstance(command, _Cancel):
+            await self._apply_cancel(command, now)
+        else:
+            self._apply_change(command, now)
 
     async def _begin_wait(self, command: _Waiting, now: float) -> None:
         wait, known = command.wait, {}
         if isinstance(wait, WaitChildren):
             missing = self.engine.unresolved_children(command.run_id, wait.child_ids)
+            if missing:  # children another process triggered may not be read yet
+                await self._ingest(now)
+                missing = self.engine.unresolved_children(command.run_id, wait.child_ids)
             if missing:
                 known = await self._final_children(missing)
         self.engine.wait(command.run_id, wait, now, known)
@@ -395,6 +427,9 @@ class Daemon:
             scope = self._attempts.get(run_id)
             if scope is not None:
                 scope.cancel()
+            slot = self._suspended.get(run_id)
+            if slot is not None:
+                slot.set(())  # leave the shielded wait; the cancellation lands next
 
     async def _commit(self, transitions: Sequence[Transition]) -> None:
         """Persist, shielded from cancellation, retrying (without acting) while the disk fails."""
@@ -417,16 +452,23 @@ class Daemon:
                 slot.set(start.children)
                 return
         assert self._tg is not None
-        self._attempts[start.run_id] = None
-        self._tg.start_soon(self._attempt, start, name=f"keyq run {start.run_id}")
+        # The scope exists before the task runs, so a cancel that arrives before
+        # the attempt's first step is not lost.
+        scope = self._attempts[start.run_id] = anyio.CancelScope()
+        self._tg.start_soon(self._attempt, start, scope, name=f"keyq run {start.run_id}")
 
-    async def _attempt(self, start: StartRun) -> None:
+    async def _attempt(self, start: StartRun, scope: anyio.CancelScope) -> None:
         ctx = Context(start, self)
         task = self.registry.tasks.get(start.task)
-        outcome: Outcome = Cancelled()
-        with anyio.CancelScope() as scope:
-            self._attempts[start.run_id] = scope
-            outcome = await run_attempt(task, start.payload, ctx)
+        outcome: Outcome = Cancelled()  # stays so if the scope is cancelled
+        try:
+            with scope:
+                outcome = await run_attempt(task, start.payload, ctx, self.config.max_payload_bytes)
+        except anyio.get_cancelled_exc_class():
+            assert self._tg is not None
+            if self._tg.cancel_scope.cancel_called:
+                raise  # the daemon is stopping: this is ours to propagate
+            outcome = Failed(ErrorInfo("CancelledError", STRAY_CANCEL))
         self._post(_Finished(start.run_id, outcome))
 
     def _resolve_results(self, transitions: Sequence[Transition]) -> None:
@@ -460,15 +502,26 @@ class Daemon:
             self._drained.set()
 
     def _notify_idle(self) -> None:
-        if self._idle_waiters and not self._executing():
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for event in waiters:
+        if not self._idle_waiters:
+            return
+        executing = self._executing()
+        still: list[tuple[anyio.Event, bool]] = []
+        for event, attempts in self._idle_waiters:
+            if attempts and executing:
+                still.append((event, attempts))
+            else:
                 event.set()
+        self._idle_waiters = still
 
-    async def until_idle(self) -> None:
-        """Return once nothing is executing or due and every trigger has been read (tests)."""
+    async def until_idle(self, *, attempts: bool = True) -> None:
+        """Return once every trigger has been read and nothing is due (for tests).
+
+        With ``attempts=True`` (the default) it also waits until no attempt is
+        executing; ``attempts=False`` returns as soon as the daemon itself has
+        caught up, with long attempts still running (a timeout fired, say).
+        """
         event = anyio.Event()
-        self._idle_waiters.append(event)
+        self._idle_waiters.append((event, attempts))
         self.poke()
         await event.wait()
 
@@ -479,13 +532,21 @@ class Daemon:
 
     async def suspend(self, run_id: str, wait: Wait) -> tuple[ChildResult, ...]:
         """Called by a running attempt: wait holding no slot; returns waited children."""
+        if run_id in self._suspended:
+            raise WaitError("this run is already waiting: await its waits one at a time")
         slot: Slot[tuple[ChildResult, ...]] = Slot()
         self._suspended[run_id] = slot
         self._post(_Waiting(run_id, wait))
         try:
-            return await slot.wait()
+            # A wait is one durable step: a timeout in the task's own code must
+            # not abandon it halfway (the engine would think the run is waiting
+            # while its code runs on without a slot). Only the daemon ends it.
+            with anyio.CancelScope(shield=True):
+                children = await slot.wait()
         finally:
             self._suspended.pop(run_id, None)
+        await anyio.lowlevel.checkpoint()  # a cancel of the attempt lands here
+        return children
 
     async def submit_triggers(
         self, requests: Sequence[TriggerRequest], parent_id: str | None = None

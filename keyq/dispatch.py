@@ -46,7 +46,8 @@ class _Queue:
         default_factory=lambda: [OrderedDict() for _ in range(LEVELS)]
     )
     buckets: dict[Key, _Bucket] = field(default_factory=dict)
-    parked_buckets: set[Key] = field(default_factory=set)
+    # dicts, not sets: re-admission order must not depend on string hashing
+    parked_buckets: dict[Key, None] = field(default_factory=dict)
     parked: bool = False
 
 
@@ -67,7 +68,7 @@ class Dispatcher:
         self._rings: list[OrderedDict[str, _Queue]] = [OrderedDict() for _ in range(LEVELS)]
         self._queues: dict[str, _Queue] = {}
         self._where: dict[RunId, _Bucket] = {}
-        self._parked_queues: set[str] = set()
+        self._parked_queues: dict[str, None] = {}
 
     def __len__(self) -> int:
         return len(self._where)
@@ -169,13 +170,13 @@ class Dispatcher:
         # Buckets come and go with keys; dropping empty ones keeps memory bounded.
         if not b.lanes:
             q.buckets.pop(b.key, None)
-            q.parked_buckets.discard(b.key)
+            q.parked_buckets.pop(b.key, None)
 
     # --- parking ----------------------------------------------------------------------
 
     def _park_bucket(self, q: _Queue, b: _Bucket) -> None:
         b.parked = True
-        q.parked_buckets.add(b.key)
+        q.parked_buckets[b.key] = None
         for priority in b.lanes:
             ring = q.rings[priority]
             ring.pop(b.key, None)
@@ -184,7 +185,7 @@ class Dispatcher:
 
     def _park_queue(self, q: _Queue) -> None:
         q.parked = True
-        self._parked_queues.add(q.name)
+        self._parked_queues[q.name] = None
         for ring in self._rings:
             ring.pop(q.name, None)
 
@@ -214,7 +215,7 @@ class Dispatcher:
 
     def _unpark_bucket(self, q: _Queue, b: _Bucket) -> None:
         b.parked = False
-        q.parked_buckets.discard(b.key)
+        q.parked_buckets.pop(b.key, None)
         for priority in b.lanes:
             q.rings[priority][b.key] = b
             if not q.parked and q.name not in self._rings[priority]:
@@ -222,7 +223,7 @@ class Dispatcher:
 
     def _unpark_queue(self, q: _Queue) -> None:
         q.parked = False
-        self._parked_queues.discard(q.name)
+        self._parked_queues.pop(q.name, None)
         for priority, ring in enumerate(q.rings):
             if ring and q.name not in self._rings[priority]:
                 self._rings[priority][q.name] = q

@@ -26,6 +26,7 @@ from keyq.errors import RunStateError
 from keyq.limits import Key, Limits, QueueLimit
 from keyq.model import (
     RESUME_PRIORITY,
+    Cancelled,
     ChildResult,
     Completed,
     ErrorInfo,
@@ -64,6 +65,10 @@ class TaskPolicy:
 
 
 DEFAULT_POLICY = TaskPolicy()
+INTERRUPTED = ErrorInfo("Interrupted", "the daemon stopped during the last attempt")
+WAIT_ABANDONED = ErrorInfo(
+    "WaitError", "the task ended while one of its waits was pending; await waits one at a time"
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -155,8 +160,7 @@ class Engine:
                 self._move(run, QUEUED, now, "interrupted")
             self._dispatcher.push(run.id, run.queue, run.key, run.priority)
         else:
-            error = ErrorInfo("Interrupted", "the daemon stopped during the last attempt")
-            self._finish(run, FAILED, now, "interrupted", error=error)
+            self._finish(run, FAILED, now, "interrupted", error=INTERRUPTED)
 
     def _adopt(self, spec: RunSpec) -> _Run:
         run = _Run(
@@ -175,14 +179,7 @@ class Engine:
         )
         self._runs[run.id] = run
         self._counts[run.state] += 1
-        if spec.queue_limit is not None:
-            self._apply_trigger_override(spec.queue, spec.queue_limit)
         return run
-
-    def _apply_trigger_override(self, queue: str, concurrency_limit: int) -> None:
-        current = self.limits.queue_limit(queue)
-        if current.concurrency_limit != concurrency_limit:
-            self.set_queue_limit(queue, QueueLimit(concurrency_limit, current.total_limit))
 
     # --- outcomes from the shell ------------------------------------------------------
 
@@ -191,22 +188,36 @@ class Engine:
         run = self._runs.get(run_id)
         if run is None:
             return  # already final: a cancel of a WAITING run reports its stopped coroutine
+        if run.state is WAITING or run.resume:
+            self._ended_while_waiting(run, outcome, now)
+            return
         if run.state is not RUNNING:
             raise RunStateError(f"run {run_id}: an attempt ended while the run is {run.state}")
         self._leave_running(run, now)
-        if isinstance(outcome, Completed):
+        if isinstance(outcome, Failed) and run.cancel_reason != "canceled":
+            self._attempt_failed(run, now, outcome.error, outcome.retryable, "failed")
+        elif run.cancel_reason == "timeout":  # past its budget, even if a thread then returned
+            budget = self._policy(run).max_duration_s
+            timeout = ErrorInfo("Timeout", f"attempt exceeded max_duration of {budget} s")
+            self._attempt_failed(run, now, timeout, True, "timeout")
+        elif isinstance(outcome, Completed):
             self._finish(run, COMPLETED, now, "completed", result=outcome.result)
         elif run.cancel_reason == "canceled":  # a cancel wins over a retry
-            error = outcome.error if isinstance(outcome, Failed) else None
-            self._finish(run, CANCELED, now, "canceled", error=error)
-        elif isinstance(outcome, Failed):
-            self._attempt_failed(run, now, outcome.error, outcome.retryable, "failed")
-        elif run.cancel_reason == "timeout":
-            budget = self._policy(run).max_duration_s
-            error = ErrorInfo("Timeout", f"attempt exceeded max_duration of {budget} s")
-            self._attempt_failed(run, now, error, True, "timeout")
+            cause = outcome.error if isinstance(outcome, Failed) else None
+            self._finish(run, CANCELED, now, "canceled", error=cause)
         else:
             self._interrupted(run, now)
+
+    def _ended_while_waiting(self, run: _Run, outcome: Outcome, now: float) -> None:
+        """The task's code returned or raised while its wait was still pending (it
+        ran two waits at once, say). The wait cannot be honoured: fail the run."""
+        if isinstance(outcome, Cancelled):
+            return  # a suspended coroutine stopped at shutdown: the stored state stands
+        self._wakeups.cancel(run.id)
+        if run.state is QUEUED:
+            self._dispatcher.discard(run.id)
+        run.wait, run.resume = None, False
+        self._finish(run, FAILED, now, "failed", error=WAIT_ABANDONED)
 
     def wait(
         self,
@@ -411,9 +422,13 @@ class Engine:
         )
 
     def _waited_children(self, run: _Run) -> tuple[ChildResult, ...]:
-        if run.resume and isinstance(run.wait, WaitChildren):
-            return tuple(run.child_results.pop(child) for child in run.wait.child_ids)
-        return ()
+        if not (run.resume and isinstance(run.wait, WaitChildren)):
+            return ()
+        ids = run.wait.child_ids  # may repeat: two items with one idempotency key
+        results = tuple(run.child_results[child] for child in ids)
+        for child in set(ids):
+            del run.child_results[child]
+        return results
 
     def _leave_running(self, run: _Run, now: float) -> None:
         self._timeouts.cancel(run.id)
@@ -439,8 +454,7 @@ class Engine:
             self._move(run, QUEUED, now, "interrupted")
             self._dispatcher.push(run.id, run.queue, run.key, run.priority)
         else:
-            error = ErrorInfo("Interrupted", "the daemon stopped during the last attempt")
-            self._finish(run, FAILED, now, "interrupted", error=error)
+            self._finish(run, FAILED, now, "interrupted", error=INTERRUPTED)
 
     def _resume(self, run: _Run, now: float, reason: str) -> None:
         run.resume = True

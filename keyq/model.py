@@ -64,7 +64,9 @@ class RunSpec:
     attempt: int = 0
     available_at: float = 0.0
     created_at: float = 0.0
-    queue_limit: int | None = None  # a trigger-time queue override's limit
+    # A trigger-time queue override's limit. The engine ignores it: the producer
+    # stored it in queue_settings, which the daemon re-reads when it sees one.
+    queue_limit: int | None = None
     parent_id: RunId | None = None
     wait: Wait | None = None  # the stored waitpoint of a waiting (or resuming) run
 

@@ -21,7 +21,9 @@ from keyq.registry import Task
 _MAX_TRACEBACK = 8000  # characters kept in the run's record
 
 
-async def run_attempt(task: Task | None, payload: str, ctx: Context) -> Outcome:
+async def run_attempt(
+    task: Task | None, payload: str, ctx: Context, max_result_bytes: int
+) -> Outcome:
     """Execute the task function once; never raises except for cancellation."""
     if task is None:
         message = f"no task {ctx.task_id!r} is defined in this daemon (check tasks / --app)"
@@ -36,18 +38,28 @@ async def run_attempt(task: Task | None, payload: str, ctx: Context) -> Outcome:
         return Failed(error_info(exc))
     finally:
         reset_context(token)
-    return encode_result(value)
+    return encode_result(value, max_result_bytes)
 
 
-def encode_result(value: object) -> Outcome:
+def encode_result(value: object, max_bytes: int) -> Outcome:
+    """The result as JSON text; a value that is not JSON, or too large, fails without retry."""
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        size = len(text.encode("utf-8"))  # also refuses lone surrogates SQLite cannot store
     except (TypeError, ValueError) as exc:
         error = ErrorInfo("ResultNotJSON", f"the task returned a value that is not JSON: {exc}")
         return Failed(error, retryable=False)
+    if size > max_bytes:
+        message = f"the result is {size} bytes, over max_payload_bytes = {max_bytes}"
+        return Failed(ErrorInfo("ResultTooLarge", message), retryable=False)
     return Completed(text)
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
     tb = "".join(traceback.format_exception(exc))
-    return ErrorInfo(type(exc).__name__, str(exc), tb[-_MAX_TRACEBACK:])
+    return ErrorInfo(type(exc).__name__, _storable(str(exc)), _storable(tb[-_MAX_TRACEBACK:]))
+
+
+def _storable(text: str) -> str:
+    """Text SQLite can store: lone surrogates (from surrogateescape'd file names) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -86,9 +86,9 @@ def encode_payload(payload: Any, max_bytes: int) -> str:
     """The payload as compact JSON text; PayloadError if not JSON or over ``max_bytes``."""
     try:
         text = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        size = len(text.encode("utf-8"))  # refuses lone surrogates, which SQLite cannot store
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"payload is not JSON-serialisable: {exc}") from None
-    size = len(text.encode("utf-8"))
     if size > max_bytes:
         raise PayloadError(
             f"payload is {size} bytes, over max_payload_bytes = {max_bytes}; "

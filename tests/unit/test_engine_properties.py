@@ -101,16 +101,10 @@ class EngineMachine(RuleBasedStateMachine):
             state=QUEUED if delay is None else DELAYED,
             available_at=self.now + (delay or 0),
             created_at=self.now,
-            queue_limit=data.draw(
-                st.one_of(st.none(), st.none(), st.none(), st.integers(1, 3)), label="queue_limit"
-            ),
             parent_id=parent,
         )
         self.specs[run_id] = spec
         self.state[run_id] = spec.state
-        if spec.queue_limit is not None:
-            old = self.queue_limit[spec.queue]
-            self.queue_limit[spec.queue] = QueueLimit(spec.queue_limit, old.total_limit)
         assert self.engine.submit(spec) is True
         return spec
 
@@ -223,14 +217,17 @@ class EngineMachine(RuleBasedStateMachine):
             ),
             label="outcome",
         )
+        stopping = run_id in self.cancel_asked  # a timeout may overrule the outcome
         self.engine.finished(run_id, outcome, self.now)
         step = self._tick()
         first = step.transitions[0]
         assert (first.run_id, first.from_) == (run_id, RUNNING)
-        if isinstance(outcome, Completed):
+        if isinstance(outcome, Completed) and stopping:
+            assert first.to is COMPLETED or first.reason == "timeout"  # a timeout wins
+        elif isinstance(outcome, Completed):
             assert (first.to, first.result) == (COMPLETED, '"done"')
         elif isinstance(outcome, Failed) and not outcome.retryable:
-            assert first.to is FAILED
+            assert first.to is FAILED or (stopping and first.to is CANCELED)  # a cancel wins
 
     @precondition(lambda self: self.cancel_asked & set(self.running))
     @rule(data=st.data())

@@ -169,18 +169,6 @@ def test_engine__environment_burst_caps_every_queue() -> None:
     assert sim.stats() == (1, 0, 3, 0)
 
 
-def test_engine__trigger_time_queue_limit_override_applies() -> None:
-    """A trigger naming a queue limit sets that queue's limit, and a later one changes it."""
-    sim = Sim()
-    step = sim.submit(*(spec(f"f{i}", queue="free", key="u1", queue_limit=1) for i in range(4)))
-    assert started(step) == ["f0"]
-    assert sim.engine.limits.queue_limit("free") == QueueLimit(concurrency_limit=1)
-    step = sim.submit(spec("f4", queue="free", key="u1", queue_limit=3))
-    assert started(step) == ["f1", "f2"]
-    assert sim.engine.limits.queue_limit("free").concurrency_limit == 3
-    assert sim.stats() == (2, 0, 3, 0)
-
-
 def test_engine__lowering_a_limit_does_not_preempt() -> None:
     """A lowered limit leaves running runs alone and only holds new starts back."""
     sim = Sim(limited(q=QueueLimit(concurrency_limit=3)))
@@ -841,17 +829,6 @@ def test_engine__user_cancel_is_not_undone_by_a_retry() -> None:
     step = sim.finish("r", Failed(BOOM))
     assert sim.engine.state_of("r") is None
     assert [t.to for t in step.transitions] == [CANCELED]
-
-
-def test_engine__recover_reapplies_the_trigger_queue_limit() -> None:
-    """After a restart, interrupted runs still obey the queue limit they were triggered with."""
-    sim = Sim()
-    for run_id in ("a", "b"):
-        stored = spec(run_id, queue="free", key="u1", state=RUNNING, attempt=1, queue_limit=1)
-        sim.engine.recover(stored, sim.now)
-    step = sim.tick()
-    assert started(step) == ["a"]
-    assert sim.engine.limits.queue_limit("free").concurrency_limit == 1
 
 
 def test_engine__audit_is_clean_while_draining() -> None:
