@@ -59,23 +59,30 @@ def _remove(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
+_GONE = (
+    anyio.EndOfStream,
+    anyio.IncompleteRead,
+    anyio.DelimiterNotFound,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    ConnectionError,
+)
+
+
 async def _serve_connection(daemon: Daemon, stream: anyio.abc.ByteStream) -> None:
+    """Answer one client's requests; whatever it sends, the daemon stays up."""
     reader = BufferedByteReceiveStream(stream)
     async with stream:
-        while True:
-            try:
+        try:
+            while True:
                 line = await reader.receive_until(b"\n", MAX_LINE)
-            except (
-                anyio.EndOfStream,
-                anyio.IncompleteRead,
-                anyio.DelimiterNotFound,
-                anyio.BrokenResourceError,
-                ConnectionError,
-            ):
-                return
-            answer = await _handle(daemon, line)
-            if answer is not None:
-                await stream.send(json.dumps(answer).encode() + b"\n")
+                answer = await _handle(daemon, line)
+                if answer is not None:
+                    await stream.send(json.dumps(answer).encode() + b"\n")
+        except _GONE:
+            return  # the client went away, perhaps before its answer
+        except Exception:
+            daemon.log.exception("control_request_failed")
 
 
 async def _handle(daemon: Daemon, line: bytes) -> dict[str, Any] | None:
@@ -91,11 +98,16 @@ async def _handle(daemon: Daemon, line: bytes) -> dict[str, Any] | None:
         return await _operate(daemon, op, request)
     except KeyqError as exc:
         return {"ok": False, "error": str(exc), "type": type(exc).__name__}
+    except (KeyError, TypeError, ValueError) as exc:
+        return {"ok": False, "error": f"bad request for op {op!r}: {exc!r}"}
 
 
 async def _operate(daemon: Daemon, op: str, request: dict[str, Any]) -> dict[str, Any]:
     if op == "cancel":
-        await daemon.cancel(str(request["run_id"]))
+        run_id = request["run_id"]
+        if not isinstance(run_id, str):
+            raise TypeError("run_id must be a string")
+        await daemon.cancel(run_id)
         return {"ok": True}
     if op == "settings":
         await daemon.reload_settings()

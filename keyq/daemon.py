@@ -240,7 +240,10 @@ class Daemon:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     systemd.notify("RELOADING=1")
-                    await self.reload_config()
+                    try:
+                        await self.reload_config()
+                    except KeyqError as exc:  # a typo must not take the service down
+                        self.log.error("config_reload_failed", error=str(exc))
                     systemd.notify("READY=1")
                 elif not self._stop_requested.is_set():
                     self.log.info("signal_received", signal=signal.Signals(signum).name)
@@ -414,8 +417,8 @@ class Daemon:
     # --- executing a step -----------------------------------------------------------------
 
     async def _execute(self, step: Step) -> None:
-        if step.transitions:
-            await self._commit(step.transitions)
+        if step.transitions or step.cancel_requests:
+            await self._commit(step)
             log_transitions(self.log, step.transitions, self.config.log.payloads)
             self._resolve_results(step.transitions)
         replies, self._replies = self._replies, []
@@ -431,14 +434,14 @@ class Daemon:
             if slot is not None:
                 slot.set(())  # leave the shielded wait; the cancellation lands next
 
-    async def _commit(self, transitions: Sequence[Transition]) -> None:
+    async def _commit(self, step: Step) -> None:
         """Persist, shielded from cancellation, retrying (without acting) while the disk fails."""
         assert self._store is not None
         delay = 0.05
         while True:
             try:
                 with anyio.CancelScope(shield=True):
-                    await self._store.commit(transitions)
+                    await self._store.commit(step.transitions, step.cancel_requests)
                 return
             except StoreError as exc:
                 self.log.error("commit_failed", error=str(exc), retry_in_s=delay)

@@ -27,6 +27,7 @@ from keyq.limits import Key, Limits, QueueLimit
 from keyq.model import (
     RESUME_PRIORITY,
     Cancelled,
+    CancelRequest,
     ChildResult,
     Completed,
     ErrorInfo,
@@ -127,6 +128,7 @@ class Engine:
         self._transitions: list[Transition] = []
         self._starts: list[StartRun] = []
         self._cancels: list[RunId] = []
+        self._cancel_requests: list[CancelRequest] = []
 
     # --- runs entering ------------------------------------------------------------
 
@@ -149,8 +151,13 @@ class Engine:
         A RUNNING or WAITING run lost its coroutine with the process: it becomes
         QUEUED as an interrupted attempt if it has attempts left, else FAILED.
         """
+        if spec.id in self._runs:
+            return
+        if spec.cancel_requested:  # acknowledged before the crash: honour it now
+            self._finish(self._adopt(spec), CANCELED, now, "canceled")
+            return
         interrupted = spec.state in (RUNNING, WAITING) or spec.wait is not None
-        if not interrupted or spec.id in self._runs:
+        if not interrupted:
             self.submit(spec)
             return
         run = self._adopt(spec)
@@ -265,6 +272,7 @@ class Engine:
             if run.cancel_reason != "canceled":
                 run.cancel_reason = "canceled"
                 self._cancels.append(run.id)
+                self._cancel_requests.append(CancelRequest(run.id, run.seq, now))
             return
         if run.state is QUEUED:
             self._dispatcher.discard(run.id)
@@ -539,12 +547,18 @@ class Engine:
         return self._policies.get(run.task, DEFAULT_POLICY)
 
     def _take_step(self) -> Step:
-        if not (self._transitions or self._starts or self._cancels):
+        if not (self._transitions or self._starts or self._cancels or self._cancel_requests):
             return _EMPTY_STEP
-        step = Step(tuple(self._transitions), tuple(self._starts), tuple(self._cancels))
+        step = Step(
+            tuple(self._transitions),
+            tuple(self._starts),
+            tuple(self._cancels),
+            tuple(self._cancel_requests),
+        )
         self._transitions.clear()
         self._starts.clear()
         self._cancels.clear()
+        self._cancel_requests.clear()
         return step
 
 

@@ -69,6 +69,7 @@ class RunSpec:
     queue_limit: int | None = None
     parent_id: RunId | None = None
     wait: Wait | None = None  # the stored waitpoint of a waiting (or resuming) run
+    cancel_requested: bool = False  # a cancel was acknowledged before the attempt stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +146,24 @@ class StartRun:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """A RUNNING run was asked to cancel: recorded so that a crash before its
+    attempt stops does not run it again."""
+
+    run_id: RunId
+    seq: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
-    """What the engine decided: persist ``transitions`` in one transaction, then
-    start ``start`` and cancel the attempts in ``cancel``."""
+    """What the engine decided: persist ``transitions`` and ``cancel_requests`` in
+    one transaction, then start ``start`` and cancel the attempts in ``cancel``."""
 
     transitions: tuple[Transition, ...] = ()
     start: tuple[StartRun, ...] = ()
     cancel: tuple[RunId, ...] = ()
+    cancel_requests: tuple[CancelRequest, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.transitions or self.start or self.cancel)
+        return bool(self.transitions or self.start or self.cancel or self.cancel_requests)

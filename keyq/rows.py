@@ -130,6 +130,7 @@ def spec_from_row(row: tuple[Any, ...]) -> RunSpec:
         queue_limit,
         parent_id,
         waitpoint,
+        cancel_requested_at,
         created_at,
         available_at,
     ) = row
@@ -149,6 +150,7 @@ def spec_from_row(row: tuple[Any, ...]) -> RunSpec:
         queue_limit=queue_limit,
         parent_id=parent_id,
         wait=wait_from_json(waitpoint),
+        cancel_requested=cancel_requested_at is not None,
     )
 
 

@@ -18,7 +18,7 @@ import anyio
 from keyq import db
 from keyq.config import Config
 from keyq.errors import map_store_errors
-from keyq.model import ChildResult, RunId, RunSpec, Transition
+from keyq.model import CancelRequest, ChildResult, RunId, RunSpec, Transition
 from keyq.rows import error_from_json, spec_from_row, transition_params
 from keyq.states import RunState
 
@@ -73,13 +73,18 @@ class SqliteStore:
             rows = await self._conn.execute_fetchall(Q["select_new_runs"], (after_seq, limit))
         return [spec_from_row(tuple(r)) for r in rows]
 
-    async def commit(self, transitions: Sequence[Transition]) -> None:
-        """Persist transitions, in order, in one transaction."""
+    async def commit(
+        self, transitions: Sequence[Transition], cancel_requests: Sequence[CancelRequest] = ()
+    ) -> None:
+        """Persist transitions, in order, and cancel requests, in one transaction."""
         params = [transition_params(t) for t in transitions]
+        marks = [(c.at, c.seq) for c in cancel_requests]
         async with self._exclusive(f"recording {len(params)} transitions"):
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
                 await self._conn.executemany(Q["apply_transition"], params)
+                if marks:
+                    await self._conn.executemany(Q["mark_cancel_requested"], marks)
                 await self._conn.execute("COMMIT")
             except BaseException:
                 await self._conn.execute("ROLLBACK")

@@ -23,6 +23,9 @@ CREATE TABLE runs (
     queue_limit     INTEGER,
     parent_id       TEXT,
     waitpoint       TEXT,
+    -- set when a RUNNING run's cancel is acknowledged, before its attempt has
+    -- stopped: a crash in between must not run it again
+    cancel_requested_at REAL,
     created_at      REAL    NOT NULL,
     available_at    REAL    NOT NULL,
     started_at      REAL,

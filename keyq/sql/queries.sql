@@ -36,12 +36,12 @@ SELECT queue, concurrency_key, concurrency_limit, paused FROM key_settings;
 
 -- name: select_new_runs
 SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_attempts, payload,
-       queue_limit, parent_id, waitpoint, created_at, available_at
+       queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at
 FROM runs WHERE seq > ? ORDER BY seq LIMIT ?;
 
 -- name: select_active_runs
 SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_attempts, payload,
-       queue_limit, parent_id, waitpoint, created_at, available_at
+       queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at
 FROM runs WHERE status IN ('queued', 'delayed', 'running', 'waiting') ORDER BY seq;
 
 -- name: max_seq
@@ -57,6 +57,9 @@ UPDATE runs SET status = ?, attempt = ?,
                 waitpoint = ?,
                 events = events || ?
 WHERE seq = ?;
+
+-- name: mark_cancel_requested
+UPDATE runs SET cancel_requested_at = ? WHERE seq = ?;
 
 -- name: cancel_stored_run
 UPDATE runs SET status = 'canceled', finished_at = ?, waitpoint = NULL, events = events || ?

@@ -40,3 +40,10 @@ async def e2e_flaky(payload: dict[str, Any], ctx: keyq.Context) -> dict[str, Any
     if ctx.attempt < payload["ok_on"]:
         raise RuntimeError(f"flaky attempt {ctx.attempt} of ok_on {payload['ok_on']}")
     return {"attempt": ctx.attempt}
+
+
+@keyq.task(id="e2e-sync-sleep")
+def e2e_sync_sleep(payload: dict[str, Any], ctx: keyq.Context) -> dict[str, Any]:
+    """A sync task: it runs in a thread, which a cancel cannot interrupt."""
+    time.sleep(payload["s"])
+    return {"pid": os.getpid(), "attempt": ctx.attempt}

@@ -331,3 +331,38 @@ def test_e2e__cancel_running_run_via_cli(project: Project) -> None:
     assert run["events"][-1]["to"] == "canceled"
     assert ts(run["finished_at"]) - ts(run["started_at"]) < 5.0
     assert daemon.terminate(timeout=5) == 0  # nothing left running to drain
+
+
+def test_e2e__acknowledged_cancel_survives_kill9(project: Project) -> None:
+    """Once `keyq runs cancel` returns, a crash before the attempt stops does not run it again."""
+    daemon = project.start_daemon()
+    client = project.client()
+    run_id = client.trigger("e2e-sync-sleep", {"s": 30}).id
+    wait_until(lambda: client.get_run(run_id)["status"] == "running", 10, "run not running")
+
+    cli = project.cli("runs", "cancel", run_id)
+    assert cli.returncode == 0, cli.stderr
+    assert client.get_run(run_id)["status"] == "running"  # a thread cannot be interrupted
+    daemon.kill9()
+
+    project.start_daemon()
+    (run,) = wait_final(client, [run_id], timeout=10)
+    assert run["status"] == "canceled"
+    assert run["attempt"] == 1  # not started again
+    assert [e["reason"] for e in run["events"]].count("started") == 1
+
+
+def test_e2e__sighup_with_a_bad_config_keeps_serving(project: Project) -> None:
+    """A typo in the config on reload is logged; the daemon keeps its old config and runs."""
+    daemon = project.start_daemon()
+    client = project.client()
+    project.write_config("\n[limits]\nconcurency = 3\n")
+    daemon.hup()
+    wait_until(lambda: "config_reload_failed" in daemon.events(), 5, daemon.describe)
+
+    handle = client.trigger("e2e-noop", {})
+    (run,) = wait_final(client, [handle.id], timeout=10)
+    assert run["status"] == "completed"
+    failure = next(e for e in daemon.log_lines() if e.get("event") == "config_reload_failed")
+    assert "limits.concurency" in failure["error"]
+    assert daemon.terminate() == 0
