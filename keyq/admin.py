@@ -14,7 +14,7 @@ from typing import Any
 from keyq import db
 from keyq.errors import RunNotFoundError, RunStateError, map_store_errors
 from keyq.rows import event_line
-from keyq.states import CANCELED, RunState
+from keyq.states import CANCELED, FINAL, RunState
 
 UNSET: Any = object()
 
@@ -76,7 +76,7 @@ def cancel_stored(conn: sqlite3.Connection, run_id: str, now: float) -> None:
         if row is None:
             raise RunNotFoundError(run_id)
         status = RunState(row[0])
-        if status in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELED):
+        if status in FINAL:
             raise RunStateError(f"run {run_id} is already {status.value}")
         event = event_line(now, status, CANCELED, "canceled", row[1])
         conn.execute(db.QUERIES["cancel_stored_run"], (now, event, run_id))

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -33,7 +32,7 @@ from keyq import systemd
 from keyq.clock import Clock, SystemClock
 from keyq.config import Config, load_config
 from keyq.context import Context
-from keyq.engine import Engine, TaskPolicy
+from keyq.engine import Engine, EngineStatistics, TaskPolicy
 from keyq.errors import KeyqError, RunNotFoundError, RunStateError, StoreError, WaitError
 from keyq.instance import InstanceLock, socket_path
 from keyq.limits import Limits
@@ -62,6 +61,7 @@ from keyq.store import SqliteStore
 
 STRAY_CANCEL = "the task raised CancelledError without being cancelled (an awaited task was?)"
 INGEST_BATCH = 5000
+INTERRUPT_WAIT_S = 5.0  # after the grace period: how long interrupted attempts get to stop
 POLL_INTERVAL_S = 2.0  # safety net for a lost poke; pokes are the normal path
 
 
@@ -112,7 +112,7 @@ class Daemon:
         self.engine = Engine(limits, self._policies(), rng)
         self.log = get_logger()
         self._lock = InstanceLock(self.config.database)
-        self._producer = Producer(self.config, now=self.clock.now, poke=self.poke)
+        self._producer = self._new_producer()
         self._store: SqliteStore | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack = AsyncExitStack()
@@ -161,7 +161,7 @@ class Daemon:
     async def _start(self) -> None:
         self._store = await SqliteStore.open(self.config)
         self._stack.push_async_callback(self._store.close)
-        self._stack.callback(self._producer.close)
+        self._stack.callback(lambda: self._producer.close())
         await self._recover()
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         if self.socket_path is not None:
@@ -202,7 +202,9 @@ class Daemon:
         """Start nothing new, let running attempts finish within ``grace_s``, then stop.
 
         Attempts still running after the grace period are interrupted and
-        re-queued; waiting runs stay WAITING on disk and resume after a restart.
+        re-queued. Waiting runs stay WAITING on disk; the next start re-queues
+        them (they run again from the top). A sync task's thread cannot be
+        interrupted: the process waits for it to return.
         """
         if self._loop_done.is_set():
             return
@@ -217,7 +219,7 @@ class Daemon:
         if not self._drained.is_set():
             self.engine.interrupt_all(self.clock.now())
             self._wakeup()
-            with anyio.move_on_after(max(grace, 5.0)):
+            with anyio.move_on_after(INTERRUPT_WAIT_S):
                 await self._drained.wait()
         self._exit_loop = True
         self._wakeup()
@@ -264,7 +266,7 @@ class Daemon:
     async def _recover(self) -> None:
         assert self._store is not None
         specs, self._last_seq = await self._store.load_active()
-        await self.reload_settings()
+        (await self._read_settings())(self.engine)
         now = self.clock.now()
         for spec in specs:
             self.engine.recover(spec, now)
@@ -273,7 +275,16 @@ class Daemon:
         return {t.id: TaskPolicy(t.retry, t.max_duration_s) for t in self.registry.tasks.values()}
 
     async def reload_settings(self) -> None:
-        """Re-read limits from code, config and the database's runtime overrides."""
+        """Re-read limits from code, config and the database's runtime overrides.
+
+        For other tasks (the control socket, SIGHUP): the change is applied by
+        the main loop, which owns the engine.
+        """
+        change = await self._read_settings()
+        await self.change_limits(lambda engine, now: change(engine))
+
+    async def _read_settings(self) -> Callable[[Engine], None]:
+        """Read every limit layer now; return the change that applies them all."""
         assert self._store is not None
         stored_queues, stored_keys = await self._store.settings()
         queues = queue_settings(self.registry.queues, self.config.queues, stored_queues)
@@ -281,9 +292,12 @@ class Daemon:
             (k.queue, k.key): (k.limit, k.paused) for k in key_settings(stored_keys)
         }
         limits = self.config.limits
-        self.engine.set_environment(limits.concurrency, limits.burst_factor)
-        self.engine.configure_limits({n: (s.limit, s.paused) for n, s in queues.items()}, keys)
-        self._wakeup()
+
+        def apply(engine: Engine) -> None:
+            engine.set_environment(limits.concurrency, limits.burst_factor)
+            engine.configure_limits({n: (s.limit, s.paused) for n, s in queues.items()}, keys)
+
+        return apply
 
     async def reload_config(self) -> None:
         """SIGHUP: re-read the config file and apply its limits (the database path stays)."""
@@ -291,8 +305,13 @@ class Daemon:
         if fresh.database != self.config.database:
             self.log.warning("reload_ignored_database", database=str(fresh.database))
         self.config = fresh.with_database(self.config.database)
+        old, self._producer = self._producer, self._new_producer()
+        old.close()
         await self.reload_settings()
         self.log.info("config_reloaded", source=str(self.config.source))
+
+    def _new_producer(self) -> Producer:
+        return Producer(self.config, now=self.clock.now, poke=self.poke)
 
     # --- the main loop -------------------------------------------------------------------
 
@@ -341,7 +360,7 @@ class Daemon:
             if len(specs) < INGEST_BATCH:
                 break
         if overrides:  # a trigger set a queue's limit: queue_settings holds the latest word
-            await self.reload_settings()
+            (await self._read_settings())(self.engine)
 
     async def _apply_inbox(self, now: float) -> None:
         inbox, self._inbox = self._inbox, []
@@ -594,5 +613,5 @@ class Daemon:
         """The run's state if it is active in this daemon, else None."""
         return self.engine.state_of(run_id)
 
-    def statistics(self) -> Any:
+    def statistics(self) -> EngineStatistics:
         return self.engine.statistics()

@@ -305,10 +305,16 @@ class Engine:
         queues: Mapping[str, tuple[QueueLimit, bool]],
         keys: Mapping[tuple[str, Key], tuple[int | None, bool]],
     ) -> None:
-        """Set many queue and key limits and pauses at once (start-up, reload)."""
+        """Replace every queue and key setting at once (start-up, reload): a queue or
+        key not given goes back to no limit and not paused."""
+        for name in self.limits.queue_names():
+            if name not in queues:
+                self.limits.set_queue(name, QueueLimit())
+                self.limits.set_queue_paused(name, False)
         for name, (limit, paused) in queues.items():
             self.limits.set_queue(name, limit)
             self.limits.set_queue_paused(name, paused)
+        self.limits.clear_key_settings()
         for (queue, key), (key_limit, paused) in keys.items():
             self.limits.set_key_limit(queue, key, key_limit)
             self.limits.set_key_paused(queue, key, paused)

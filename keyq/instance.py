@@ -62,7 +62,7 @@ class InstanceLock:
         moment: wait for it (up to about 2 s) rather than refuse to start.
         """
         for _ in range(40):
-            if self.try_acquire() or read_pid(self.path):
+            if self.try_acquire() or _alive(read_pid(self.path)):
                 break
             time.sleep(0.05)
         if self._fd is None:
@@ -93,6 +93,19 @@ class InstanceLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def _alive(pid: int | None) -> bool:
+    """True if ``pid`` names a live process (a pid left by a killed daemon does not)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
 
 
 def read_pid(path: Path) -> int | None:

@@ -94,6 +94,12 @@ class Limits:
         else:
             slots.key_limits[key] = limit
 
+    def clear_key_settings(self) -> None:
+        """Drop every per-key limit and pause."""
+        for slots in self._queues.values():
+            slots.key_limits.clear()
+            slots.paused_keys.clear()
+
     def set_queue_paused(self, queue: str, paused: bool) -> None:
         """Pause or resume a whole queue: a paused queue starts nothing."""
         self._slots(queue).paused = paused

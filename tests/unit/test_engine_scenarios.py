@@ -776,7 +776,7 @@ def test_engine__hold_starts_starts_nothing_new() -> None:
 
 
 def test_engine__configure_limits_sets_everything_at_once() -> None:
-    """A reload sets queue limits, pauses, key limits and key pauses, and re-admits at once."""
+    """A reload replaces queue limits, pauses and key settings, and re-admits at once."""
     sim = Sim(limited(q=QueueLimit(concurrency_limit=1), r=QueueLimit(concurrency_limit=1)))
     sim.submit(*(spec(f"q{i}", key="A") for i in range(3)))
     sim.submit(*(spec(f"r{i}", queue="r", key="B") for i in range(3)))
@@ -787,11 +787,14 @@ def test_engine__configure_limits_sets_everything_at_once() -> None:
     assert started(sim.tick()) == ["q1"]
     assert sim.engine.limits.queue_paused("r")
     assert sim.engine.limits.key_limit("q", "A") == 2
+    # A second reload that no longer mentions q: q is back to no limit at all.
     sim.engine.configure_limits({"r": (QueueLimit(3), False)}, {})
-    assert started(sim.tick()) == ["r1", "r2"]
+    assert started(sim.tick()) == ["q2", "r1", "r2"]
+    assert sim.engine.limits.queue_limit("q") == QueueLimit()
+    assert sim.engine.limits.key_limit("q", "A") is None
 
 
-# --- known defects (these tests fail until keyq/engine.py is fixed) -------------------
+# --- races between cancels, timeouts, waits and outcomes ------------------------------
 
 
 def test_engine__a_wait_that_races_a_cancel_is_ignored() -> None:
