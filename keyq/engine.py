@@ -160,14 +160,7 @@ class Engine:
         if not interrupted:
             self.submit(spec)
             return
-        run = self._adopt(spec)
-        if run.attempt < run.max_attempts:
-            run.restart = True
-            if run.state is not QUEUED:
-                self._move(run, QUEUED, now, "interrupted")
-            self._dispatcher.push(run.id, run.queue, run.key, run.priority)
-        else:
-            self._finish(run, FAILED, now, "interrupted", error=INTERRUPTED)
+        self._interrupted(self._adopt(spec), now)
 
     def _adopt(self, spec: RunSpec) -> _Run:
         run = _Run(
@@ -254,8 +247,7 @@ class Engine:
             active = self._runs.get(child)
             if active is not None and active.parent_id != run.id:
                 self._watchers.setdefault(child, []).append(run.id)
-        if all(child in run.child_results for child in wait.child_ids):
-            self._resume(run, now, "children_done")
+        self._resume_if_children_done(run, now)
 
     def unresolved_children(self, run_id: RunId, child_ids: tuple[RunId, ...]) -> list[RunId]:
         """Children the engine cannot follow: neither active nor already reported."""
@@ -462,10 +454,12 @@ class Engine:
             self._finish(run, FAILED, now, reason, error=error)
 
     def _interrupted(self, run: _Run, now: float) -> None:
+        """The attempt was cut short (shutdown, crash): run again, if attempts are left."""
         run.cancel_reason = None
         if run.attempt < run.max_attempts:
             run.restart = True
-            self._move(run, QUEUED, now, "interrupted")
+            if run.state is not QUEUED:  # recovered runs may be queued to resume
+                self._move(run, QUEUED, now, "interrupted")
             self._dispatcher.push(run.id, run.queue, run.key, run.priority)
         else:
             self._finish(run, FAILED, now, "interrupted", error=INTERRUPTED)
@@ -500,13 +494,16 @@ class Engine:
         if waiter is None:
             return
         waiter.child_results[child.run_id] = child
-        wait = waiter.wait
+        self._resume_if_children_done(waiter, now)
+
+    def _resume_if_children_done(self, run: _Run, now: float) -> None:
+        wait = run.wait
         if (
-            waiter.state is WAITING
+            run.state is WAITING
             and isinstance(wait, WaitChildren)
-            and all(c in waiter.child_results for c in wait.child_ids)
+            and all(c in run.child_results for c in wait.child_ids)
         ):
-            self._resume(waiter, now, "children_done")
+            self._resume(run, now, "children_done")
 
     def _move(
         self,
