@@ -285,9 +285,6 @@ class Engine:
 
     # --- limits ----------------------------------------------------------------------
 
-    def set_policies(self, policies: Mapping[str, TaskPolicy]) -> None:
-        self._policies = dict(policies)
-
     def set_environment(self, concurrency: int, burst_factor: float) -> None:
         self.limits.set_environment(concurrency, burst_factor)
         self._dispatcher.limits_changed(self.limits)
