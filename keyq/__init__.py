@@ -28,9 +28,12 @@ from keyq.errors import PayloadError as PayloadError
 from keyq.errors import RunNotFoundError as RunNotFoundError
 from keyq.errors import RunStateError as RunStateError
 from keyq.errors import StoreError as StoreError
+from keyq.errors import TokenNotFoundError as TokenNotFoundError
+from keyq.errors import TokenStateError as TokenStateError
 from keyq.errors import TriggerError as TriggerError
 from keyq.errors import UnknownTaskError as UnknownTaskError
 from keyq.errors import WaitError as WaitError
+from keyq.journal import ReplayMismatchError as ReplayMismatchError
 from keyq.model import ErrorInfo as ErrorInfo
 from keyq.registry import Queue as Queue
 from keyq.registry import Registry as Registry
@@ -41,6 +44,9 @@ from keyq.registry import task as task
 from keyq.results import RunFailedError as RunFailedError
 from keyq.results import RunHandle as RunHandle
 from keyq.results import RunResult as RunResult
+from keyq.results import TokenResult as TokenResult
+from keyq.results import TokenTimeoutError as TokenTimeoutError
+from keyq.results import WaitToken as WaitToken
 from keyq.retry import Retry as Retry
 from keyq.states import RunState as RunState
 

@@ -77,6 +77,7 @@ class Config:
     max_payload_bytes: int = 1024 * 1024
     lock_timeout_s: float = 5.0
     shutdown_grace_s: float = 30.0
+    checkpoint_after_s: float = 5.0  # a wait longer than this drops its coroutine
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     queues: Mapping[str, QueueConfig] = field(default_factory=dict)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -207,6 +208,7 @@ _TOP: dict[str, Validator] = {
     "max_payload_bytes": _int(1),
     "lock_timeout": _duration,
     "shutdown_grace": _duration,
+    "checkpoint_after": _duration,
     "limits": _table,
     "queues": _table,
     "retention": _table,
@@ -240,7 +242,11 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
     log = LogConfig(**_fields("log.", top.pop("log", {}), _LOG))
     base = source.parent if source is not None else Path(".")
     database = (base / top.pop("database", "keyq.db")).absolute()
-    renames = {"lock_timeout": "lock_timeout_s", "shutdown_grace": "shutdown_grace_s"}
+    renames = {
+        "lock_timeout": "lock_timeout_s",
+        "shutdown_grace": "shutdown_grace_s",
+        "checkpoint_after": "checkpoint_after_s",
+    }
     top = {renames.get(k, k): v for k, v in top.items()}
     return Config(
         database=database,

@@ -13,6 +13,11 @@ loop owns the engine::
 The write-ahead rule: no run starts, and no outcome is acknowledged, before
 its transition is on disk. A crash at any point therefore loses nothing that
 was acknowledged; runs caught RUNNING are re-queued on the next start.
+
+Waits and steps are recorded in the run's journal (:mod:`keyq.journal`). A
+waiting run keeps its coroutine for ``checkpoint_after`` seconds, then only
+its record: when its wait ends, or after a restart, its function runs again
+from the top and replays the journal up to where it waited.
 """
 
 from __future__ import annotations
@@ -33,8 +38,17 @@ from keyq.clock import Clock, SystemClock
 from keyq.config import Config, load_config
 from keyq.context import Context
 from keyq.engine import Engine, EngineStatistics, TaskPolicy
-from keyq.errors import KeyqError, RunNotFoundError, RunStateError, StoreError, WaitError
+from keyq.errors import (
+    KeyqError,
+    RunNotFoundError,
+    RunStateError,
+    StoreError,
+    TokenNotFoundError,
+    WaitError,
+)
+from keyq.ids import new_token_id
 from keyq.instance import InstanceLock, socket_path
+from keyq.journal import Entry, Journal
 from keyq.limits import Limits
 from keyq.logs import configure_logging, get_logger, log_transitions
 from keyq.model import (
@@ -49,15 +63,18 @@ from keyq.model import (
     Transition,
     Wait,
     WaitChildren,
+    WaitToken,
 )
 from keyq.producer import Producer, TriggerRequest, reset_current, set_current
-from keyq.registry import Registry, default_registry
-from keyq.results import RunHandle, RunResult
-from keyq.runner import run_attempt
+from keyq.registry import Registry, Task, default_registry
+from keyq.results import RunHandle, RunResult, TokenResult
+from keyq.results import WaitToken as TokenHandle
+from keyq.runner import error_info, run_attempt
 from keyq.settings import key_settings, queue_settings
 from keyq.slots import Slot
 from keyq.states import DELAYED, FAILED, FINAL, QUEUED, RunState
 from keyq.store import SqliteStore
+from keyq.timers import Deadlines
 
 STRAY_CANCEL = "the task raised CancelledError without being cancelled (an awaited task was?)"
 INGEST_BATCH = 5000
@@ -69,12 +86,21 @@ POLL_INTERVAL_S = 2.0  # safety net for a lost poke; pokes are the normal path
 class _Finished:
     run_id: RunId
     outcome: Outcome
+    scope: anyio.CancelScope  # which attempt: an evicted one may report late
 
 
 @dataclass(frozen=True, slots=True)
 class _Waiting:
     run_id: RunId
     wait: Wait
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    run_id: RunId
+    entry: Entry
+    reply: Slot[None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +115,7 @@ class _Apply:
     reply: Slot[None]
 
 
-_Command = _Finished | _Waiting | _Cancel | _Apply
+_Command = _Finished | _Waiting | _Record | _Cancel | _Apply
 
 
 class Daemon:
@@ -122,8 +148,12 @@ class Daemon:
         self._poked = True
         self._next_poll_at = 0.0
         self._last_seq = 0
+        self._last_token_seq = 0
         self._attempts: dict[RunId, anyio.CancelScope] = {}
         self._suspended: dict[RunId, Slot[tuple[ChildResult, ...]]] = {}
+        self._evictions: Deadlines[RunId] = Deadlines()  # suspended coroutines to drop
+        self._journaled: set[RunId] = set()  # active runs that start by replay
+        self._entries: list[tuple[RunId, Entry, float]] = []  # to commit with the next step
         self._result_waiters: dict[RunId, list[Slot[RunResult]]] = {}
         self._idle_waiters: list[tuple[anyio.Event, bool]] = []
         self._stopping = False
@@ -202,8 +232,8 @@ class Daemon:
         """Start nothing new, let running attempts finish within ``grace_s``, then stop.
 
         Attempts still running after the grace period are interrupted and
-        re-queued. Waiting runs stay WAITING on disk; the next start re-queues
-        them (they run again from the top). A sync task's thread cannot be
+        re-queued. Waiting runs stay WAITING on disk; the next start resumes
+        them by replay when their wait ends. A sync task's thread cannot be
         interrupted: the process waits for it to return.
         """
         if self._loop_done.is_set():
@@ -265,11 +295,18 @@ class Daemon:
 
     async def _recover(self) -> None:
         assert self._store is not None
-        specs, self._last_seq = await self._store.load_active()
+        snapshot = await self._store.load_active()
+        self._last_seq, self._last_token_seq = snapshot.last_seq, snapshot.last_token_seq
+        self._journaled = snapshot.journaled
         (await self._read_settings())(self.engine)
         now = self.clock.now()
-        for spec in specs:
-            self.engine.recover(spec, now)
+        recovered = self.engine.recover(snapshot.runs, now)
+        for run_id, missing in recovered.children.items():
+            self.engine.children_known(run_id, await self._final_children(missing), now)
+        for token_id in recovered.tokens:
+            token = await self._store.token(token_id)
+            if token is None or token.status != "waiting":
+                self.engine.token_done(token_id, now)
 
     def _policies(self) -> dict[str, TaskPolicy]:
         return {t.id: TaskPolicy(t.retry, t.max_duration_s) for t in self.registry.tasks.values()}
@@ -324,6 +361,7 @@ class Daemon:
                 if self._poked or now >= self._next_poll_at:
                     await self._ingest_safely(now)
                 await self._apply_inbox(now)
+                self._evict_due(now)
                 await self._execute(self.engine.tick(now))
                 self._check_drained()
                 if self._inbox or self._poked or self._exit_loop:
@@ -334,8 +372,8 @@ class Daemon:
             self._loop_done.set()
 
     def _next_wakeup(self) -> float:
-        deadline = self.engine.next_deadline()
-        return self._next_poll_at if deadline is None else min(deadline, self._next_poll_at)
+        deadlines = (self.engine.next_deadline(), self._evictions.next_deadline())
+        return min([d for d in deadlines if d is not None], default=self._next_poll_at)
 
     async def _ingest_safely(self, now: float) -> None:
         try:
@@ -359,6 +397,9 @@ class Daemon:
                 self._last_seq = specs[-1].seq
             if len(specs) < INGEST_BATCH:
                 break
+        while completed := await self._store.completed_tokens(self._last_token_seq, INGEST_BATCH):
+            for self._last_token_seq, token_id in completed:
+                self.engine.token_done(token_id, now)
         if overrides:  # a trigger set a queue's limit: queue_settings holds the latest word
             (await self._read_settings())(self.engine)
 
@@ -373,25 +414,62 @@ class Daemon:
 
     async def _apply(self, command: _Command, now: float) -> None:
         if isinstance(command, _Finished):
-            self._attempts.pop(command.run_id, None)
-            self.engine.finished(command.run_id, command.outcome, now)
+            if self._attempts.get(command.run_id) is command.scope:
+                del self._attempts[command.run_id]
+                self.engine.finished(command.run_id, command.outcome, now)
         elif isinstance(command, _Waiting):
             await self._begin_wait(command, now)
+        elif isinstance(command, _Record):
+            self._entries.append((command.run_id, command.entry, now))
+            self._journaled.add(command.run_id)
+            self._replies.append(command.reply)
         elif isinstance(command, _Cancel):
             await self._apply_cancel(command, now)
         else:
             self._apply_change(command, now)
 
     async def _begin_wait(self, command: _Waiting, now: float) -> None:
-        wait, known = command.wait, {}
+        run_id, wait, known = command.run_id, command.wait, {}
+        token_done = False
         if isinstance(wait, WaitChildren):
-            missing = self.engine.unresolved_children(command.run_id, wait.child_ids)
+            missing = self.engine.unresolved_children(run_id, wait.child_ids)
             if missing:  # children another process triggered may not be read yet
                 await self._ingest(now)
-                missing = self.engine.unresolved_children(command.run_id, wait.child_ids)
+                missing = self.engine.unresolved_children(run_id, wait.child_ids)
             if missing:
                 known = await self._final_children(missing)
-        self.engine.wait(command.run_id, wait, now, known)
+        elif isinstance(wait, WaitToken):
+            assert self._store is not None
+            token = await self._store.token(wait.token_id)
+            if token is None:
+                self._release(run_id, error=TokenNotFoundError(wait.token_id))
+                return
+            wait, token_done = WaitToken(token.id, token.timeout_at), token.status != "waiting"
+        if not self.engine.wait(run_id, wait, now, known):
+            self._release(run_id)  # the attempt is being stopped: let the cancel land
+            return
+        # Recorded with the WAITING transition, in the same transaction.
+        self._entries.append((run_id, command.entry, now))
+        self._journaled.add(run_id)
+        self._evictions.push(run_id, now + self.config.checkpoint_after_s)
+        if token_done:
+            self.engine.token_done(wait.token_id, now)  # type: ignore[union-attr]
+
+    def _release(self, run_id: RunId, error: BaseException | None = None) -> None:
+        """Let a suspended coroutine go on: with ``error`` raised, or to its cancellation."""
+        slot = self._suspended.get(run_id)
+        if slot is not None:
+            slot.fail(error) if error is not None else slot.set(())
+
+    def _evict_due(self, now: float) -> None:
+        """Drop the coroutines of runs waiting past the threshold: the journal has them."""
+        for run_id in self._evictions.pop_due(now):
+            slot = self._suspended.pop(run_id, None)
+            scope = self._attempts.pop(run_id, None)
+            if slot is None or scope is None:
+                continue
+            scope.cancel()
+            slot.set(())
 
     async def _final_children(self, missing: list[RunId]) -> dict[RunId, ChildResult]:
         """Results of children the engine does not follow: final ones, read from disk."""
@@ -436,8 +514,9 @@ class Daemon:
     # --- executing a step -----------------------------------------------------------------
 
     async def _execute(self, step: Step) -> None:
-        if step.transitions or step.cancel_requests:
-            await self._commit(step)
+        if step.transitions or step.cancel_requests or self._entries:
+            entries, self._entries = self._entries, []
+            await self._commit(step, entries)
             log_transitions(self.log, step.transitions, self.config.log.payloads)
             self._resolve_results(step.transitions)
         replies, self._replies = self._replies, []
@@ -453,14 +532,14 @@ class Daemon:
             if slot is not None:
                 slot.set(())  # leave the shielded wait; the cancellation lands next
 
-    async def _commit(self, step: Step) -> None:
+    async def _commit(self, step: Step, entries: Sequence[tuple[RunId, Entry, float]]) -> None:
         """Persist, shielded from cancellation, retrying (without acting) while the disk fails."""
         assert self._store is not None
         delay = 0.05
         while True:
             try:
                 with anyio.CancelScope(shield=True):
-                    await self._store.commit(step.transitions, step.cancel_requests)
+                    await self._store.commit(step.transitions, step.cancel_requests, entries)
                 return
             except StoreError as exc:
                 self.log.error("commit_failed", error=str(exc), retry_in_s=delay)
@@ -471,29 +550,45 @@ class Daemon:
         if start.resumed:
             slot = self._suspended.pop(start.run_id, None)
             if slot is not None:
+                self._evictions.cancel(start.run_id)
                 slot.set(start.children)
                 return
         assert self._tg is not None
         # The scope exists before the task runs, so a cancel that arrives before
         # the attempt's first step is not lost.
         scope = self._attempts[start.run_id] = anyio.CancelScope()
-        self._tg.start_soon(self._attempt, start, scope, name=f"keyq run {start.run_id}")
+        replay = start.run_id in self._journaled
+        self._tg.start_soon(self._attempt, start, scope, replay, name=f"keyq run {start.run_id}")
 
-    async def _attempt(self, start: StartRun, scope: anyio.CancelScope) -> None:
-        ctx = Context(start, self)
+    async def _attempt(self, start: StartRun, scope: anyio.CancelScope, replay: bool) -> None:
         task = self.registry.tasks.get(start.task)
         outcome: Outcome = Cancelled()  # stays so if the scope is cancelled
         try:
             with scope:
-                outcome = await run_attempt(task, start.payload, ctx, self.config.max_payload_bytes)
+                outcome = await self._run(task, start, replay)
         except anyio.get_cancelled_exc_class():
             assert self._tg is not None
             if self._tg.cancel_scope.cancel_called:
                 raise  # the daemon is stopping: this is ours to propagate
             outcome = Failed(ErrorInfo("CancelledError", STRAY_CANCEL))
-        self._post(_Finished(start.run_id, outcome))
+        self._post(_Finished(start.run_id, outcome, scope))
+
+    async def _run(self, task: Task | None, start: StartRun, replay: bool) -> Outcome:
+        journal = None
+        if replay:
+            assert self._store is not None
+            try:
+                journal = Journal(await self._store.load_journal(start.run_id))
+            except StoreError as exc:
+                return Failed(error_info(exc))
+        ctx = Context(start, self, journal)
+        return await run_attempt(task, start.payload, ctx, self.config.max_payload_bytes)
 
     def _resolve_results(self, transitions: Sequence[Transition]) -> None:
+        if self._journaled:
+            for t in transitions:
+                if t.to in FINAL:
+                    self._journaled.discard(t.run_id)
         if not self._result_waiters:
             return
         for t in transitions:
@@ -549,16 +644,22 @@ class Daemon:
 
     # --- for attempts (AttemptHost) and producers -------------------------------------------
 
+    @property
+    def max_result_bytes(self) -> int:
+        return self.config.max_payload_bytes
+
     def now(self) -> float:
         return self.clock.now()
 
-    async def suspend(self, run_id: str, wait: Wait) -> tuple[ChildResult, ...]:
-        """Called by a running attempt: wait holding no slot; returns waited children."""
+    async def suspend(self, run_id: str, wait: Wait, entry: Entry) -> tuple[ChildResult, ...]:
+        """Called by a running attempt: wait holding no slot; returns waited children
+        when the engine still has them (else the caller reads them from the store)."""
         if run_id in self._suspended:
             raise WaitError("this run is already waiting: await its waits one at a time")
+        await anyio.lowlevel.checkpoint()  # an attempt already cancelled does not wait
         slot: Slot[tuple[ChildResult, ...]] = Slot()
         self._suspended[run_id] = slot
-        self._post(_Waiting(run_id, wait))
+        self._post(_Waiting(run_id, wait, entry))
         try:
             # A wait is one durable step: a timeout in the task's own code must
             # not abandon it halfway (the engine would think the run is waiting
@@ -566,9 +667,50 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 children = await slot.wait()
         finally:
-            self._suspended.pop(run_id, None)
-        await anyio.lowlevel.checkpoint()  # a cancel of the attempt lands here
+            if self._suspended.get(run_id) is slot:
+                del self._suspended[run_id]
+        await anyio.lowlevel.checkpoint()  # a cancel (or an eviction) of the attempt lands here
         return children
+
+    async def record(self, run_id: str, entry: Entry) -> None:
+        """Called by a running attempt: make a step's result durable before it returns."""
+        reply: Slot[None] = Slot()
+        self._post(_Record(run_id, entry, reply))
+        with anyio.CancelScope(shield=True):  # once asked, the record is made: wait for it
+            await reply.wait()
+
+    async def create_token(
+        self, run_id: str, position: int, idempotency_key: str | None, timeout_s: float | None
+    ) -> TokenHandle:
+        assert self._store is not None
+        now = self.clock.now()
+        key = idempotency_key if idempotency_key is not None else f"{run_id}/{position}"
+        timeout_at = None if timeout_s is None else now + timeout_s
+        token = await self._store.create_token(
+            new_token_id(now), run_id, position, key, now, timeout_at
+        )
+        self._journaled.add(run_id)
+        return token
+
+    async def child_results(self, child_ids: Sequence[str]) -> list[ChildResult]:
+        """How children ended, as stored (for replays and resumes after a restart)."""
+        assert self._store is not None
+        results = []
+        for run_id in child_ids:
+            row = await self._store.outcome(run_id)
+            if row is None:
+                error = ErrorInfo("RunNotFound", f"child run {run_id} does not exist")
+                row = ChildResult(run_id, FAILED, None, error)
+            results.append(row)
+        return results
+
+    async def token_result(self, token_id: str) -> TokenResult:
+        assert self._store is not None
+        token = await self._store.token(token_id)
+        if token is None:
+            error = ErrorInfo("TokenNotFound", f"waitpoint token {token_id} does not exist")
+            return TokenResult(token_id, False, None, error)
+        return token.result()
 
     async def submit_triggers(
         self, requests: Sequence[TriggerRequest], parent_id: str | None = None

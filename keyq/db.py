@@ -19,7 +19,7 @@ from typing import LiteralString, cast
 
 from keyq.errors import StoreError, map_store_errors
 
-MIGRATIONS: tuple[str, ...] = ("001_initial.sql",)
+MIGRATIONS: tuple[str, ...] = ("001_initial.sql", "002_journal_tokens.sql")
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

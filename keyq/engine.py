@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from keyq.dispatch import Dispatcher
@@ -40,6 +40,7 @@ from keyq.model import (
     Transition,
     Wait,
     WaitChildren,
+    WaitToken,
     WaitUntil,
 )
 from keyq.retry import DEFAULT_RETRY, Retry
@@ -95,6 +96,19 @@ class _Run:
 
 
 @dataclass(frozen=True, slots=True)
+class Recovered:
+    """What recovery could not settle from the runs alone: the shell reads the rest.
+
+    ``children`` maps each waiting run to the children it waits for that are
+    neither active nor known (final before the restart); ``tokens`` lists the
+    waitpoint tokens waiting runs wait for (completed, maybe, while stopped).
+    """
+
+    children: dict[RunId, list[RunId]]
+    tokens: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class EngineStatistics:
     """Counts of active runs by state, and of slots in use."""
 
@@ -124,6 +138,8 @@ class Engine:
         self._timeouts: Deadlines[RunId] = Deadlines()  # max_duration of RUNNING runs
         self._counts: Counter[RunState] = Counter()
         self._watchers: dict[RunId, list[RunId]] = {}  # child -> waiting non-parents
+        self._children: dict[RunId, dict[RunId, None]] = {}  # parent -> its active children
+        self._token_waiters: dict[str, dict[RunId, None]] = {}  # token -> runs waiting on it
         self._holding = False  # draining: start nothing new
         self._transitions: list[Transition] = []
         self._starts: list[StartRun] = []
@@ -145,22 +161,54 @@ class Engine:
             self._dispatcher.push(run.id, run.queue, run.key, run.priority)
         return True
 
-    def recover(self, spec: RunSpec, now: float) -> None:
-        """Adopt a run loaded at start-up; an attempt the crash cut short is re-queued.
+    def recover(self, specs: Iterable[RunSpec], now: float) -> Recovered:
+        """Adopt the runs loaded at start-up, where they were.
 
-        A RUNNING or WAITING run lost its coroutine with the process: it becomes
-        QUEUED as an interrupted attempt if it has attempts left, else FAILED.
+        A WAITING run waits again on its stored waitpoint, and a run queued to
+        resume still resumes first: their coroutines are gone, so the shell
+        resumes them by replay. A RUNNING run's attempt was cut short: it is
+        re-queued as interrupted if it has attempts left, else FAILED.
         """
-        if spec.id in self._runs:
-            return
-        if spec.cancel_requested:  # acknowledged before the crash: honour it now
-            self._finish(self._adopt(spec), CANCELED, now, "canceled")
-            return
-        interrupted = spec.state in (RUNNING, WAITING) or spec.wait is not None
-        if not interrupted:
-            self.submit(spec)
-            return
-        self._interrupted(self._adopt(spec), now)
+        waiting: list[tuple[_Run, Wait]] = []
+        for spec in specs:
+            if spec.id in self._runs:
+                continue
+            if spec.cancel_requested:  # acknowledged before the crash: honour it now
+                self._finish(self._adopt(spec), CANCELED, now, "canceled")
+            elif spec.state is WAITING and spec.wait is not None:
+                waiting.append((self._adopt(spec), spec.wait))
+            elif spec.state is QUEUED and spec.wait is not None:
+                run = self._adopt(spec)
+                run.resume = True
+                self._dispatcher.push(run.id, run.queue, run.key, RESUME_PRIORITY)
+            elif spec.state in (RUNNING, WAITING):
+                self._interrupted(self._adopt(spec), now)
+            else:
+                self.submit(spec)
+        # Children are adopted after their parents (by seq): set the waits up last.
+        unknown: dict[RunId, list[RunId]] = {}
+        for run, wait in waiting:
+            self._await(run, wait, now)
+            if isinstance(wait, WaitChildren) and run.state is WAITING:
+                missing = self.unresolved_children(run.id, wait.child_ids)
+                if missing:
+                    unknown[run.id] = missing
+        return Recovered(unknown, list(self._token_waiters))
+
+    def children_known(self, run_id: RunId, known: Mapping[RunId, ChildResult], now: float) -> None:
+        """Results of children that were final before a restart (read by the shell)."""
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.child_results.update(known)
+            self._resume_if_children_done(run, now)
+
+    def token_done(self, token_id: str, now: float) -> None:
+        """A waitpoint token was completed (or timed out): its waiting runs resume."""
+        for run_id in list(self._token_waiters.get(token_id, ())):
+            run = self._runs[run_id]
+            if run.state is WAITING:
+                self._wakeups.cancel(run.id)
+                self._resume(run, now, "token_completed")
 
     def _adopt(self, spec: RunSpec) -> _Run:
         run = _Run(
@@ -179,6 +227,8 @@ class Engine:
         )
         self._runs[run.id] = run
         self._counts[run.state] += 1
+        if run.parent_id is not None:
+            self._children.setdefault(run.parent_id, {})[run.id] = None
         return run
 
     # --- outcomes from the shell ------------------------------------------------------
@@ -225,24 +275,36 @@ class Engine:
         wait: Wait,
         now: float,
         known: Mapping[RunId, ChildResult] | None = None,
-    ) -> None:
+    ) -> bool:
         """A RUNNING run reached a waitpoint: it gives its slot back and waits.
 
         For children, ``known`` carries the results of children that were
         already final before this wait (an idempotency key matched an old run):
         the shell reads them from the store, see :meth:`unresolved_children`.
+        Returns False, changing nothing, if the attempt is being stopped: its
+        outcome decides the run and the wait never happened.
         """
         run = self._require(run_id, RUNNING)
         if run.cancel_reason is not None:
-            # The attempt is being stopped; its Cancelled outcome decides the run.
-            return
+            return False
         self._leave_running(run, now)
         run.wait = wait
         self._move(run, WAITING, now, "wait")
+        run.child_results.update(known or {})
+        self._await(run, wait, now)
+        return True
+
+    def _await(self, run: _Run, wait: Wait, now: float) -> None:
+        """Arm what ends a WAITING run's wait: a timer, a token, its children."""
+        run.wait = wait
         if isinstance(wait, WaitUntil):
             self._wakeups.push(run.id, wait.resume_at)
             return
-        run.child_results.update(known or {})
+        if isinstance(wait, WaitToken):
+            self._token_waiters.setdefault(wait.token_id, {})[run.id] = None
+            if wait.timeout_at is not None:
+                self._wakeups.push(run.id, wait.timeout_at)
+            return
         for child in wait.child_ids:
             active = self._runs.get(child)
             if active is not None and active.parent_id != run.id:
@@ -256,10 +318,14 @@ class Engine:
         return [c for c in child_ids if c not in self._runs and c not in results]
 
     def cancel(self, run_id: RunId, now: float) -> None:
-        """Cancel an active run. A RUNNING one ends when its attempt has stopped."""
+        """Cancel an active run and its active children (and theirs). A RUNNING one
+        ends when its attempt has stopped."""
         run = self._runs.get(run_id)
         if run is None:
             raise RunStateError(f"run {run_id} is not active")
+        for child_id in list(self._children.get(run_id, ())):
+            if child_id in self._runs:
+                self.cancel(child_id, now)
         if run.state is RUNNING:
             if run.cancel_reason != "canceled":
                 run.cancel_reason = "canceled"
@@ -334,6 +400,8 @@ class Engine:
             if run.state is DELAYED:
                 self._move(run, QUEUED, now, "delay_over")
                 self._dispatcher.push(run.id, run.queue, run.key, run.priority)
+            elif isinstance(run.wait, WaitToken):
+                self._resume(run, now, "token_timeout")
             else:
                 self._resume(run, now, "wait_done")
         for run_id in self._timeouts.pop_due(now):
@@ -425,13 +493,15 @@ class Engine:
         )
 
     def _waited_children(self, run: _Run) -> tuple[ChildResult, ...]:
+        """The waited children's results, in wait order; () unless all are known
+        (after a restart the shell reads them from the store)."""
         if not (run.resume and isinstance(run.wait, WaitChildren)):
             return ()
         ids = run.wait.child_ids  # may repeat: two items with one idempotency key
-        results = tuple(run.child_results[child] for child in ids)
-        for child in set(ids):
-            del run.child_results[child]
-        return results
+        known = run.child_results
+        results = tuple(known[c] for c in ids if c in known)
+        run.child_results = {}
+        return results if len(results) == len(ids) else ()
 
     def _leave_running(self, run: _Run, now: float) -> None:
         self._timeouts.cancel(run.id)
@@ -462,6 +532,7 @@ class Engine:
             self._finish(run, FAILED, now, "interrupted", error=INTERRUPTED)
 
     def _resume(self, run: _Run, now: float, reason: str) -> None:
+        self._forget_token(run)
         run.resume = True
         self._move(run, QUEUED, now, reason)
         self._dispatcher.push(run.id, run.queue, run.key, RESUME_PRIORITY)
@@ -480,11 +551,26 @@ class Engine:
         del self._runs[run.id]
         self._wakeups.cancel(run.id)
         self._timeouts.cancel(run.id)
+        self._forget_token(run)
+        if run.parent_id is not None:
+            siblings = self._children.get(run.parent_id)
+            if siblings is not None:
+                siblings.pop(run.id, None)
+                if not siblings:
+                    del self._children[run.parent_id]
         waiting = self._watchers.pop(run.id, [])
         if run.parent_id is not None:
             waiting.append(run.parent_id)
         for waiter_id in waiting:
             self._child_finished(waiter_id, ChildResult(run.id, to, result, error), now)
+
+    def _forget_token(self, run: _Run) -> None:
+        if isinstance(run.wait, WaitToken):
+            waiters = self._token_waiters.get(run.wait.token_id)
+            if waiters is not None:
+                waiters.pop(run.id, None)
+                if not waiters:
+                    del self._token_waiters[run.wait.token_id]
 
     def _child_finished(self, waiter_id: RunId, child: ChildResult, now: float) -> None:
         waiter = self._runs.get(waiter_id)

@@ -81,6 +81,18 @@ class WaitError(KeyqError):
     """A wait was used outside a running task, or with invalid arguments."""
 
 
+class TokenNotFoundError(KeyqError, LookupError):
+    """No waitpoint token has this id."""
+
+    def __init__(self, token_id: str) -> None:
+        super().__init__(f"no waitpoint token {token_id!r} (keyq tokens list shows them)")
+        self.token_id = token_id
+
+
+class TokenStateError(KeyqError):
+    """The token cannot be completed: it already was, or it timed out."""
+
+
 @contextmanager
 def map_store_errors(what: str) -> Iterator[None]:
     """Translate sqlite3 errors raised by ``what`` into :class:`StoreError`.

@@ -36,7 +36,15 @@ class WaitChildren:
     child_ids: tuple[RunId, ...]
 
 
-Wait = WaitUntil | WaitChildren
+@dataclass(frozen=True, slots=True)
+class WaitToken:
+    """Wait until a waitpoint token is completed, or until ``timeout_at`` (``for_token``)."""
+
+    token_id: str
+    timeout_at: float | None = None
+
+
+Wait = WaitUntil | WaitChildren | WaitToken
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""What a trigger hands back (:class:`RunHandle`) and how a run ended (:class:`RunResult`)."""
+"""What a trigger hands back (:class:`RunHandle`), how a run ended (:class:`RunResult`),
+and how a wait for a waitpoint token ended (:class:`TokenResult`)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,39 @@ class RunResult:
         cls, run_id: str, status: RunState, result: str | None, error: ErrorInfo | None
     ) -> RunResult:
         return cls(run_id, status, json.loads(result) if result is not None else None, error)
+
+
+class TokenTimeoutError(KeyqError):
+    """``TokenResult.unwrap()`` on a token wait that timed out."""
+
+
+@dataclass(frozen=True, slots=True)
+class WaitToken:
+    """A waitpoint token: hand ``id`` to whoever completes it (a web hook, a person)."""
+
+    id: str
+    timeout_at: float | None = None  # epoch seconds; None waits for ever
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResult:
+    """How ``ctx.wait.for_token`` ended: ``ok`` and ``output`` when the token was
+    completed, ``ok`` False and ``error.type == "TokenTimeout"`` when it timed out."""
+
+    token_id: str
+    ok: bool
+    output: Any = None
+    error: ErrorInfo | None = None
+
+    @property
+    def timed_out(self) -> bool:
+        return not self.ok
+
+    def unwrap(self) -> Any:
+        """The completion's output; raises :class:`TokenTimeoutError` if it timed out."""
+        if not self.ok:
+            raise TokenTimeoutError(f"waitpoint token {self.token_id} timed out")
+        return self.output

@@ -12,7 +12,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from keyq.model import ErrorInfo, RunSpec, Transition, Wait, WaitChildren, WaitUntil
+from keyq.model import ErrorInfo, RunSpec, Transition, Wait, WaitChildren, WaitToken, WaitUntil
 from keyq.states import FINAL, RUNNING, RunState
 from keyq.triggers import NewRun
 
@@ -65,6 +65,8 @@ def wait_json(wait: Wait | None) -> str | None:
         return None
     if isinstance(wait, WaitUntil):
         return _dumps({"kind": "until", "resume_at": wait.resume_at})
+    if isinstance(wait, WaitToken):
+        return _dumps({"kind": "token", "token_id": wait.token_id, "timeout_at": wait.timeout_at})
     return _dumps({"kind": "children", "child_ids": list(wait.child_ids)})
 
 
@@ -74,6 +76,8 @@ def wait_from_json(text: str | None) -> Wait | None:
     data = json.loads(text)
     if data["kind"] == "until":
         return WaitUntil(data["resume_at"])
+    if data["kind"] == "token":
+        return WaitToken(data["token_id"], data["timeout_at"])
     return WaitChildren(tuple(data["child_ids"]))
 
 

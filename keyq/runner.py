@@ -15,6 +15,7 @@ import traceback
 import anyio
 
 from keyq.context import Context, reset_context, set_context
+from keyq.journal import ReplayMismatchError
 from keyq.model import Completed, ErrorInfo, Failed, Outcome
 from keyq.registry import Task
 
@@ -35,9 +36,19 @@ async def run_attempt(
         else:
             value = await anyio.to_thread.run_sync(task.fn, json.loads(payload), ctx)
     except Exception as exc:
+        if ctx.mismatch is not None:  # whatever the code made of it
+            return Failed(error_info(ctx.mismatch), retryable=False)
         return Failed(error_info(exc))
     finally:
         reset_context(token)
+    if ctx.mismatch is None and ctx.is_replaying:
+        ctx.mismatch = ReplayMismatchError(
+            "the task's code no longer matches this run's record: it returned before "
+            "reaching the waits and steps the run recorded. The code changed while the "
+            "run was waiting; code between waits must be deterministic (see docs/waits.md)"
+        )
+    if ctx.mismatch is not None:
+        return Failed(error_info(ctx.mismatch), retryable=False)
     return encode_result(value, max_result_bytes)
 
 

@@ -108,3 +108,47 @@ WHERE status IN ('queued', 'delayed', 'running', 'waiting') GROUP BY queue, stat
 SELECT concurrency_key, status, COUNT(*) FROM runs INDEXED BY runs_status
 WHERE status IN ('queued', 'delayed', 'running', 'waiting') AND queue = ?
 GROUP BY concurrency_key, status;
+
+-- name: insert_journal_entry
+INSERT OR IGNORE INTO journal (run_id, pos, kind, name, data, at) VALUES (?, ?, ?, ?, ?, ?);
+
+-- name: select_journal
+SELECT pos, kind, name, data FROM journal WHERE run_id = ? ORDER BY pos;
+
+-- name: select_journaled_active_runs
+SELECT DISTINCT r.id FROM runs r INDEXED BY runs_status JOIN journal j ON j.run_id = r.id
+WHERE r.status IN ('queued', 'delayed', 'running', 'waiting');
+
+-- name: insert_token
+INSERT INTO tokens (id, run_id, idempotency_key, status, created_at, timeout_at)
+VALUES (?, ?, ?, 'waiting', ?, ?)
+ON CONFLICT (idempotency_key) DO NOTHING;
+
+-- name: get_token
+SELECT id, run_id, idempotency_key, status, created_at, timeout_at, completed_at, output
+FROM tokens WHERE id = ?;
+
+-- name: get_token_by_key
+SELECT id, run_id, idempotency_key, status, created_at, timeout_at, completed_at, output
+FROM tokens WHERE idempotency_key = ?;
+
+-- name: complete_token
+UPDATE tokens SET status = 'completed', output = ?1, completed_at = ?2,
+                  completed_seq = (SELECT COALESCE(MAX(completed_seq), 0) + 1 FROM tokens)
+WHERE id = ?3 AND status = 'waiting' AND (timeout_at IS NULL OR timeout_at > ?2);
+
+-- name: time_out_token
+UPDATE tokens SET status = 'timed_out', completed_at = ?1 WHERE id = ?2 AND status = 'waiting';
+
+-- name: select_completed_tokens
+SELECT completed_seq, id FROM tokens WHERE completed_seq > ? ORDER BY completed_seq LIMIT ?;
+
+-- name: max_completed_token_seq
+SELECT COALESCE(MAX(completed_seq), 0) FROM tokens;
+
+-- name: list_tokens
+SELECT id, run_id, idempotency_key, status, created_at, timeout_at, completed_at, output
+FROM tokens WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at DESC LIMIT ?2;
+
+-- name: select_children
+SELECT id, task, status FROM runs INDEXED BY runs_parent WHERE parent_id = ? ORDER BY seq;

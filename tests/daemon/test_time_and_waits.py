@@ -144,7 +144,8 @@ async def test_wait_for__gives_the_slot_back_while_waiting(
 
     @registry.task(id="patient", queue=q)
     async def patient(payload: Any, ctx: keyq.Context) -> str:
-        order.append("patient:before")
+        # A step: the wait outlives checkpoint_after, so the run resumes by replay.
+        await ctx.step("before", order.append, "patient:before")
         await ctx.wait.for_(minutes=1)
         order.append("patient:after")
         return "waited"

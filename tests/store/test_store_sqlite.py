@@ -26,11 +26,15 @@ from keyq.states import (
     WAITING,
     RunState,
 )
-from keyq.store import SqliteStore
+from keyq.store import Snapshot, SqliteStore
 
 pytestmark = pytest.mark.anyio
 
 Rows = Callable[..., list[dict[str, Any]]]
+
+
+def runs_and_seq(snapshot: Snapshot) -> tuple[list[RunSpec], int]:
+    return snapshot.runs, snapshot.last_seq
 
 
 @pytest.fixture
@@ -72,7 +76,7 @@ async def test_open__creates_and_migrates_a_new_database(config: Config) -> None
     """Opening a store on a missing file creates it, migrated and empty."""
     store = await SqliteStore.open(config)
     try:
-        assert await store.load_active() == ([], 0)
+        assert runs_and_seq(await store.load_active()) == ([], 0)
         assert await store.load_new(0, 100) == []
     finally:
         await store.close()
@@ -97,7 +101,7 @@ async def test_load_active__only_non_final_runs_and_the_max_seq(
 ) -> None:
     """Recovery loads queued/delayed/running/waiting runs only, and the highest seq of all runs."""
     ids = _trigger(producer, tasks["analyze"], 7, concurrency_key="u-1")
-    active, max_seq = await store.load_active()
+    active, max_seq = runs_and_seq(await store.load_active())
     by_id = {s.id: s for s in active}
     assert list(by_id) == ids
     t = clock.now() + 1
@@ -115,7 +119,7 @@ async def test_load_active__only_non_final_runs_and_the_max_seq(
         ]
     )
 
-    active, max_seq = await store.load_active()
+    active, max_seq = runs_and_seq(await store.load_active())
     assert [(a.id, a.state) for a in active] == [
         (ids[0], QUEUED),
         (ids[1], RUNNING),
@@ -147,7 +151,7 @@ async def test_load_active__spec_carries_every_stored_field(
         ],
         parent_id="run_parent",
     )
-    (spec,), max_seq = await store.load_active()
+    (spec,), max_seq = runs_and_seq(await store.load_active())
     assert spec == RunSpec(
         id=run_id.id,
         seq=max_seq,
@@ -172,7 +176,7 @@ async def test_load_new__only_newer_rows_in_order(
 ) -> None:
     """Ingest reads the rows after a seq, oldest first, at most `limit` of them."""
     first = _trigger(producer, tasks["email"], 3)
-    _, seen = await store.load_active()
+    _, seen = runs_and_seq(await store.load_active())
     later = _trigger(producer, tasks["analyze"], 4)
 
     new = await store.load_new(seen, 100)
@@ -188,7 +192,7 @@ async def test_load_new__sees_rows_committed_by_another_producer_after_open(
     make_producer: Callable[..., Producer], tasks: dict[str, Task], store: SqliteStore
 ) -> None:
     """Rows inserted by another process after the daemon opened the file are found."""
-    _, seen = await store.load_active()
+    _, seen = runs_and_seq(await store.load_active())
     ids = _trigger(make_producer(), tasks["email"], 2)
     assert [n.id for n in await store.load_new(seen, 10)] == ids
 
@@ -206,7 +210,7 @@ async def test_commit__many_transitions_of_many_runs_in_one_call(
 ) -> None:
     """One commit applies every transition in order: final states, timestamps, results, events."""
     _trigger(producer, tasks["analyze"], 2, concurrency_key="u-1")
-    (a, b), _ = await store.load_active()
+    (a, b), _ = runs_and_seq(await store.load_active())
     t0 = clock.now()
     boom = ErrorInfo("ValueError", "bad input", "Traceback ...")
     await store.commit(
@@ -251,7 +255,7 @@ async def test_commit__started_once_error_kept_finished_on_final(
 ) -> None:
     """started_at is the first start; the last error survives a retry; finished_at marks the end."""
     _trigger(producer, tasks["email"], 1)
-    ((run,), _) = await store.load_active()
+    ((run,), _) = runs_and_seq(await store.load_active())
     first = ErrorInfo("TimeoutError", "attempt 1 timed out")
     last = ErrorInfo("RuntimeError", "attempt 2 broke")
     steps = [
@@ -287,7 +291,7 @@ async def test_commit__waitpoint_is_stored_and_cleared(
 ) -> None:
     """A waiting run's waitpoint is stored for recovery and cleared when it resumes."""
     _trigger(producer, tasks["email"], 1)
-    ((run,), _) = await store.load_active()
+    ((run,), _) = runs_and_seq(await store.load_active())
     wait = WaitChildren(("run_child1", "run_child2"))
     await store.commit(
         [
@@ -295,18 +299,18 @@ async def test_commit__waitpoint_is_stored_and_cleared(
             _move(run, 2.0, RUNNING, WAITING, "trigger_and_wait", 1, wait=wait),
         ]
     )
-    ((recovered,), _) = await store.load_active()
+    ((recovered,), _) = runs_and_seq(await store.load_active())
     assert (recovered.state, recovered.wait) == (WAITING, wait)
 
     await store.commit([_move(run, 3.0, WAITING, QUEUED, "children done", 1)])
-    ((resumed,), _) = await store.load_active()
+    ((resumed,), _) = runs_and_seq(await store.load_active())
     assert (resumed.state, resumed.wait) == (QUEUED, None)
 
 
 async def test_commit__empty_batch_is_harmless(store: SqliteStore) -> None:
     """Committing no transitions is a no-op."""
     await store.commit([])
-    assert await store.load_active() == ([], 0)
+    assert runs_and_seq(await store.load_active()) == ([], 0)
 
 
 async def test_commit__failure_rolls_back_the_whole_group(
@@ -314,7 +318,7 @@ async def test_commit__failure_rolls_back_the_whole_group(
 ) -> None:
     """If one transition of a group fails to write, none of the group is stored."""
     _trigger(producer, tasks["email"], 2)
-    (a, b), _ = await store.load_active()
+    (a, b), _ = runs_and_seq(await store.load_active())
     conn = sqlite3.connect(database)
     conn.execute(
         "CREATE TRIGGER refuse_b BEFORE UPDATE ON runs WHEN NEW.seq = "
@@ -341,7 +345,7 @@ async def test_outcome__reports_the_stored_result(
 ) -> None:
     """A parent sees its child's status, result text and error as stored."""
     _trigger(producer, tasks["email"], 2)
-    (a, b), _ = await store.load_active()
+    (a, b), _ = runs_and_seq(await store.load_active())
     oops = ErrorInfo("KeyError", "'x'")
     await store.commit(
         [

@@ -24,6 +24,7 @@ from keyq.model import (
     Step,
     Transition,
     WaitChildren,
+    WaitToken,
     WaitUntil,
 )
 from keyq.retry import Retry
@@ -57,7 +58,7 @@ def spec(
     available_at: float = 0.0,
     queue_limit: int | None = None,
     parent_id: str | None = None,
-    wait: WaitUntil | WaitChildren | None = None,
+    wait: WaitUntil | WaitChildren | WaitToken | None = None,
 ) -> RunSpec:
     return RunSpec(
         id=run_id, seq=next(_seq), task=task, queue=queue, concurrency_key=key,
@@ -573,7 +574,7 @@ def test_engine__parent_waits_for_every_child() -> None:
 def test_engine__recover_running_run_is_requeued_as_interrupted() -> None:
     """A run that was RUNNING at a crash is QUEUED again as an interrupted attempt."""
     sim = Sim()
-    sim.engine.recover(spec("r", state=RUNNING, attempt=1, max_attempts=3), sim.now)
+    sim.engine.recover([spec("r", state=RUNNING, attempt=1, max_attempts=3)], sim.now)
     step = sim.tick()
     assert moves(step) == [
         ("r", "running", "queued", "interrupted"),
@@ -583,21 +584,60 @@ def test_engine__recover_running_run_is_requeued_as_interrupted() -> None:
     assert not step.start[0].resumed
 
 
-def test_engine__recover_waiting_run_is_requeued_as_interrupted() -> None:
-    """A run that was WAITING at a crash is replayed from a fresh attempt."""
-    sim = Sim()
+def test_engine__recover_waiting_run_keeps_waiting_then_resumes() -> None:
+    """A run WAITING at a crash waits on, holding no slot, and resumes in its attempt."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
     stored = spec("w", state=WAITING, attempt=1, wait=WaitUntil(T0 + 600))
-    sim.engine.recover(stored, sim.now)
+    sim.engine.recover([stored, spec("other")], sim.now)
     step = sim.tick()
-    assert moves(step)[0] == ("w", "waiting", "queued", "interrupted")
-    assert step.start[0].attempt == 2
+    assert started(step) == ["other"]  # the waiting run holds no slot
+    assert sim.engine.state_of("w") is WAITING
+    sim.finish("other")
+    step = sim.tick(T0 + 600)
+    assert moves(step) == [
+        ("w", "waiting", "queued", "wait_done"),
+        ("w", "queued", "running", "resumed"),
+    ]
+    assert step.start[0].resumed
+    assert step.start[0].attempt == 1
+
+
+def test_engine__recover_run_queued_to_resume_resumes_first() -> None:
+    """A run whose wait had ended but had not restarted resumes ahead of fresh runs."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    fresh = spec("fresh")
+    resumer = spec("r", state=QUEUED, attempt=1, max_attempts=1, wait=WaitUntil(T0))
+    sim.engine.recover([fresh, resumer], sim.now)
+    step = sim.tick()
+    assert moves(step) == [("r", "queued", "running", "resumed")]
+    assert step.start[0].resumed
+    assert step.start[0].attempt == 1
+
+
+def test_engine__recover_parent_waiting_on_children() -> None:
+    """Active children resume their recovered parent when final; children that ended
+    before the crash are reported back for the shell to read, then resume it too."""
+    sim = Sim()
+    parent = spec("p", state=WAITING, attempt=1, wait=WaitChildren(("gone", "c")))
+    recovered = sim.engine.recover([parent, spec("c", parent_id="p")], sim.now)
+    assert recovered.children == {"p": ["gone"]}
+    sim.tick()
+    sim.finish("c")
+    assert sim.engine.state_of("p") is WAITING
+    gone = ChildResult("gone", COMPLETED, "1", None)
+    sim.engine.children_known("p", {"gone": gone}, sim.now)
+    step = sim.tick()
+    assert moves(step) == [
+        ("p", "waiting", "queued", "children_done"),
+        ("p", "queued", "running", "resumed"),
+    ]
 
 
 @pytest.mark.parametrize("state", [RUNNING, WAITING])
 def test_engine__recover_without_attempts_left_fails(state: RunState) -> None:
     """An interrupted last attempt ends the run FAILED, with the interruption as its error."""
     sim = Sim()
-    sim.engine.recover(spec("r", state=state, attempt=2, max_attempts=2), sim.now)
+    sim.engine.recover([spec("r", state=state, attempt=2, max_attempts=2)], sim.now)
     step = sim.tick()
     assert moves(step) == [("r", state.value, "failed", "interrupted")]
     error = step.transitions[0].error
@@ -606,22 +646,95 @@ def test_engine__recover_without_attempts_left_fails(state: RunState) -> None:
     assert "r" not in sim.engine
 
 
-def test_engine__recover_queued_resumer_without_attempts_left_fails() -> None:
-    """A run queued to resume lost its attempt in the crash; with none left it FAILS."""
-    sim = Sim()
-    stored = spec("r", state=QUEUED, attempt=1, max_attempts=1, wait=WaitUntil(T0))
-    sim.engine.recover(stored, sim.now)
-    assert moves(sim.tick()) == [("r", "queued", "failed", "interrupted")]
-
-
 def test_engine__recover_queued_and_delayed_runs_are_adopted_as_is() -> None:
     """Runs that were only QUEUED or DELAYED come back unchanged, with no new transition."""
     sim = Sim(limited(q=QueueLimit(concurrency_limit=0)))
-    sim.engine.recover(spec("q1"), sim.now)
-    sim.engine.recover(spec("d1", state=DELAYED, available_at=T0 + 5), sim.now)
+    sim.engine.recover([spec("q1"), spec("d1", state=DELAYED, available_at=T0 + 5)], sim.now)
     assert not sim.tick()
     assert sim.stats() == (1, 1, 0, 0)
     assert moves(sim.tick(T0 + 5)) == [("d1", "delayed", "queued", "delay_over")]
+
+
+# --- tokens and parents ----------------------------------------------------------------
+
+
+def test_engine__token_completion_resumes_every_waiter() -> None:
+    """Runs waiting on one token hold no slot and all resume when it is completed."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    sim.submit(spec("a"))
+    assert sim.engine.wait("a", WaitToken("tok", None), sim.now)
+    sim.tick()
+    sim.submit(spec("b"))
+    sim.engine.wait("b", WaitToken("tok", None), sim.now)
+    sim.tick()
+    assert sim.stats() == (0, 0, 0, 2)
+    sim.engine.token_done("tok", sim.now)
+    step = sim.tick()
+    assert moves(step)[:2] == [
+        ("a", "waiting", "queued", "token_completed"),
+        ("b", "waiting", "queued", "token_completed"),
+    ]
+    assert started(step) == ["a"]
+    sim.engine.token_done("tok", sim.now)  # a late duplicate changes nothing
+    assert not sim.tick()
+
+
+def test_engine__token_timeout_resumes_with_its_reason() -> None:
+    """At the token's timeout the run resumes (reason token_timeout); a completion after
+    that is ignored."""
+    sim = Sim()
+    sim.submit(spec("a"))
+    sim.engine.wait("a", WaitToken("tok", T0 + 30), sim.now)
+    sim.tick()
+    assert sim.engine.next_deadline() == T0 + 30
+    step = sim.tick(T0 + 30)
+    assert moves(step)[0] == ("a", "waiting", "queued", "token_timeout")
+    assert step.transitions[0].wait == WaitToken("tok", T0 + 30)
+    sim.engine.token_done("tok", sim.now)
+    assert not sim.tick()
+
+
+def test_engine__recover_reports_waited_tokens() -> None:
+    """Recovery lists the tokens waiting runs wait on: they may have been completed
+    while the daemon was down."""
+    sim = Sim()
+    stored = spec("w", state=WAITING, attempt=1, wait=WaitToken("tok", None))
+    assert sim.engine.recover([stored], sim.now).tokens == ["tok"]
+    sim.engine.token_done("tok", sim.now)
+    assert moves(sim.tick())[0] == ("w", "waiting", "queued", "token_completed")
+
+
+def test_engine__cancel_parent_cancels_its_active_children_and_theirs() -> None:
+    """Cancelling a waiting parent cancels its queued and waiting children, and theirs;
+    a running child is asked to stop and ends CANCELED; a final child stays as it was."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=2)))
+    sim.submit(spec("p"))
+    sim.engine.wait("p", WaitChildren(("done", "run", "wait", "queued")), sim.now)
+    sim.submit(spec("done", parent_id="p"), spec("run", parent_id="p"))
+    sim.finish("done")
+    sim.submit(spec("wait", parent_id="p"))
+    sim.engine.wait("wait", WaitChildren(("grandchild",)), sim.now)
+    sim.submit(spec("grandchild", parent_id="wait"), spec("queued", parent_id="p"))
+    assert sim.engine.state_of("queued") is QUEUED
+    sim.engine.cancel("p", sim.now)
+    step = sim.tick()
+    assert sorted(step.cancel) == ["grandchild", "p", "run", "wait"]  # running and suspended
+    ended = {t.run_id: t.to for t in step.transitions if t.to in FINAL}
+    assert ended == {"wait": CANCELED, "queued": CANCELED, "p": CANCELED}
+    sim.finish("run", Cancelled())
+    sim.finish("grandchild", Cancelled())
+    assert sim.timeline("run")[-1] == ("running", "canceled", "canceled")
+    assert sim.timeline("done")[-1][1] == "completed"
+    assert len(sim.engine) == 0
+
+
+def test_engine__wait_refused_while_the_attempt_is_being_stopped() -> None:
+    """A wait that reaches the engine after a cancel was asked for changes nothing."""
+    sim = Sim()
+    sim.submit(spec("a"))
+    sim.engine.cancel("a", sim.now)
+    assert sim.engine.wait("a", WaitUntil(T0 + 5), sim.now) is False
+    assert sim.engine.state_of("a") is RUNNING
 
 
 def test_engine__interrupt_all_requeues_running_attempts() -> None:
