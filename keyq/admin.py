@@ -70,7 +70,8 @@ def update_key_settings(
 
 
 def cancel_stored(conn: sqlite3.Connection, run_id: str, now: float) -> None:
-    """Cancel an active run directly in the database (the caller holds the instance lock)."""
+    """Cancel an active run and its active children (and theirs) directly in the
+    database, as the daemon would (the caller holds the instance lock)."""
     with map_store_errors(f"canceling run {run_id}"), db.transaction(conn):
         row = conn.execute(db.QUERIES["get_run_status"], (run_id,)).fetchone()
         if row is None:
@@ -78,5 +79,12 @@ def cancel_stored(conn: sqlite3.Connection, run_id: str, now: float) -> None:
         status = RunState(row[0])
         if status in FINAL:
             raise RunStateError(f"run {run_id} is already {status.value}")
-        event = event_line(now, status, CANCELED, "canceled", row[1])
-        conn.execute(db.QUERIES["cancel_stored_run"], (now, event, run_id))
+        runs = [(run_id, status, row[1])]
+        for child_id, child_status, attempt in conn.execute(
+            db.QUERIES["active_descendants"], (run_id,)
+        ).fetchall():
+            runs.append((child_id, RunState(child_status), attempt))
+        conn.executemany(
+            db.QUERIES["cancel_stored_run"],
+            [(now, event_line(now, s, CANCELED, "canceled", a), i) for i, s, a in runs],
+        )

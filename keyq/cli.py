@@ -25,7 +25,14 @@ from keyq.daemon import Daemon
 from keyq.errors import KeyqError
 from keyq.logs import configure_logging
 from keyq.registry import default_registry
-from keyq.views import render_keys, render_queues, render_run, render_runs, render_stats
+from keyq.views import (
+    render_keys,
+    render_queues,
+    render_run,
+    render_runs,
+    render_stats,
+    render_tokens,
+)
 
 app = typer.Typer(
     name="keyq",
@@ -39,7 +46,12 @@ queues_app = typer.Typer(
     help="Show queues (with no subcommand); change their limits; pause and resume them."
 )
 keys_app = typer.Typer(help="Show the concurrency keys of a queue (--queue); set one key's limit.")
+tokens_app = typer.Typer(
+    help="Waitpoint tokens: list them; complete one to resume the runs waiting on it.",
+    no_args_is_help=True,
+)
 app.add_typer(runs_app, name="runs")
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(queues_app, name="queues")
 app.add_typer(keys_app, name="keys")
 
@@ -236,6 +248,47 @@ def runs_cancel(
     with errors_reported(), client(config) as c:
         c.cancel(run_id)
         typer.echo(f"canceled {run_id}")
+
+
+# --- tokens -------------------------------------------------------------------------------------
+
+TOKEN_STATUSES = ("waiting", "completed", "timed_out")
+
+
+@tokens_app.command("list")
+def tokens_list(
+    status: Annotated[str | None, typer.Option(help="waiting, completed or timed_out.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """List waitpoint tokens, newest first, with the run that created each."""
+    if status is not None and status not in TOKEN_STATUSES:
+        fail(f"--status must be one of {', '.join(TOKEN_STATUSES)}; got {status!r}", code=2)
+    with errors_reported(), client(config) as c:
+        emit(c.list_tokens(status=status, limit=limit), as_json, render_tokens)
+
+
+@tokens_app.command("complete")
+def tokens_complete(
+    token: Annotated[str, typer.Argument(help="The token id (tok_...).")],
+    output: Annotated[
+        str, typer.Argument(help="JSON the waiting runs receive as the result's output.")
+    ] = "null",
+    config: ConfigOpt = None,
+) -> None:
+    """Complete a waiting token: every run waiting on it resumes with OUTPUT.
+
+    Works while the daemon is stopped: the runs resume when it starts. A token
+    already completed, or past its timeout, is refused (exit 1).
+    """
+    try:
+        data = json.loads(output)
+    except json.JSONDecodeError as exc:
+        fail(f"output is not valid JSON: {exc}", code=2)
+    with errors_reported(), client(config) as c:
+        c.complete_token(token, data)
+        typer.echo(f"completed {token}")
 
 
 # --- stats, queues, keys --------------------------------------------------------------------------

@@ -16,15 +16,18 @@ from typing import Any
 
 import anyio
 
-from keyq import admin, control
+from keyq import admin, control, tokens
 from keyq.clock import SystemClock
 from keyq.config import Config, load_config
-from keyq.errors import KeyqError, RunNotFoundError
+from keyq.durations import parse_duration
+from keyq.errors import KeyqError, RunNotFoundError, TriggerError
+from keyq.ids import new_token_id
 from keyq.inspect import Inspector
 from keyq.instance import InstanceLock, daemon_running, socket_path
 from keyq.producer import Producer, TriggerRequest, split_item
 from keyq.registry import Registry, Task, default_registry
-from keyq.results import RunHandle, RunResult
+from keyq.results import RunHandle, RunResult, WaitToken
+from keyq.triggers import encode_payload
 
 
 class Client:
@@ -161,6 +164,47 @@ class Client:
             admin.update_key_settings(conn, queue, key, now, paused=paused)
         self._settings_changed()
 
+    # --- waitpoint tokens ---------------------------------------------------------------------
+
+    def create_token(
+        self, *, timeout: float | str | None = None, idempotency_key: str | None = None
+    ) -> WaitToken:
+        """A new waitpoint token (or the one with this idempotency key) for runs to wait on."""
+        try:
+            timeout_s = None if timeout is None else parse_duration(timeout, field="timeout")
+        except ValueError as exc:
+            raise TriggerError(str(exc)) from None
+        now = self._clock.now()
+        row = tokens.create(
+            self._producer.connection(),
+            new_token_id(now),
+            run_id=None,
+            idempotency_key=tokens.check_key(idempotency_key),
+            now=now,
+            timeout_at=None if timeout_s is None else now + timeout_s,
+        )
+        return row.handle()
+
+    def complete_token(self, token: WaitToken | str, output: Any = None) -> None:
+        """Complete a waiting token with ``output`` (JSON): the runs waiting on it resume.
+
+        Works while the daemon is stopped (they resume when it starts). Raises
+        TokenNotFoundError, or TokenStateError if it was already completed or timed out.
+        """
+        token_id = token.id if isinstance(token, WaitToken) else token
+        text = encode_payload(output, self.config.max_payload_bytes)
+        tokens.complete(self._producer.connection(), token_id, text, self._clock.now())
+        self._poker()
+
+    def get_token(self, token_id: str) -> dict[str, Any]:
+        """The token as JSON: status, output, timeout and the run that created it."""
+        return tokens.get(self._producer.connection(), token_id).as_json()
+
+    def list_tokens(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Tokens, newest first; ``status``: waiting, completed or timed_out."""
+        rows = tokens.list_tokens(self._producer.connection(), status, limit)
+        return [row.as_json() for row in rows]
+
     def daemon_running(self) -> bool:
         return daemon_running(self.config.database)
 
@@ -212,6 +256,21 @@ class AsyncClient:
 
     async def cancel(self, run_id: str) -> None:
         await anyio.to_thread.run_sync(self.sync.cancel, run_id)
+
+    async def create_token(
+        self, *, timeout: float | str | None = None, idempotency_key: str | None = None
+    ) -> WaitToken:
+        return await anyio.to_thread.run_sync(
+            lambda: self.sync.create_token(timeout=timeout, idempotency_key=idempotency_key)
+        )
+
+    async def complete_token(self, token: WaitToken | str, output: Any = None) -> None:
+        await anyio.to_thread.run_sync(self.sync.complete_token, token, output)
+
+    async def list_tokens(
+        self, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return await anyio.to_thread.run_sync(self.sync.list_tokens, status, limit)
 
     async def close(self) -> None:
         self.sync.close()

@@ -6,6 +6,7 @@ state while the daemon keeps writing.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import defaultdict
 from collections.abc import Mapping
@@ -50,7 +51,12 @@ class Inspector:
             row = self._conn.execute(db.QUERIES["get_run"], (run_id,)).fetchone()
         if row is None:
             raise RunNotFoundError(run_id)
-        return run_json(row, events=events)
+        data = run_json(row, events=events)
+        if events:  # the full record (`runs show`): its waitpoint and its children too
+            data["waitpoint"] = json.loads(row["waitpoint"]) if row["waitpoint"] else None
+            children = self._conn.execute(db.QUERIES["select_children"], (run_id,)).fetchall()
+            data["children"] = [{"id": c[0], "task": c[1], "status": c[2]} for c in children]
+        return data
 
     def result(self, run_id: str) -> RunResult | None:
         """How the run ended, or None while it is still active."""

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from keyq.durations import format_duration
+from keyq.rows import iso
 
 ACTIVE_COLUMNS = ("queued", "delayed", "running", "waiting")
 FINAL_COLUMNS = ("completed", "failed", "canceled")
@@ -41,6 +42,16 @@ def render_runs(runs: list[dict[str, Any]]) -> str:
     return table(("ID", "TASK", "QUEUE", "KEY", "STATUS", "ATTEMPT", "CREATED"), rows)
 
 
+def render_tokens(tokens: list[dict[str, Any]]) -> str:
+    if not tokens:
+        return "no tokens"
+    rows = [
+        (t["id"], t["status"], t["run_id"], t["created_at"], t["timeout_at"], t["completed_at"])
+        for t in tokens
+    ]
+    return table(("ID", "STATUS", "CREATED BY", "CREATED", "TIMES OUT", "DONE"), rows)
+
+
 def render_run(run: dict[str, Any]) -> str:
     fields = (
         "id",
@@ -62,8 +73,22 @@ def render_run(run: dict[str, Any]) -> str:
     lines = [f"{f:<16}{_value(run[f])}" for f in fields]
     if run.get("parent_id"):
         lines.append(f"{'parent_id':<16}{run['parent_id']}")
+    if run.get("waitpoint") and run["status"] in ("waiting", "queued"):
+        lines.append(f"{'waiting_for':<16}{_waitpoint(run['waitpoint'])}")
+    for i, child in enumerate(run.get("children") or ()):
+        label = "children" if i == 0 else ""
+        lines.append(f"{label:<16}{child['id']}  {child['task']}  {child['status']}")
     lines += ["", "timeline:", _timeline(run.get("events", []))]
     return "\n".join(lines)
+
+
+def _waitpoint(wait: dict[str, Any]) -> str:
+    if wait["kind"] == "until":
+        return f"until {iso(wait['resume_at'])}"
+    if wait["kind"] == "token":
+        timeout = wait.get("timeout_at")
+        return f"token {wait['token_id']}" + (f" (times out {iso(timeout)})" if timeout else "")
+    return f"{len(wait['child_ids'])} child run(s)"
 
 
 def _value(value: Any) -> str:

@@ -152,3 +152,12 @@ FROM tokens WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at DESC LIMIT ?2;
 
 -- name: select_children
 SELECT id, task, status FROM runs INDEXED BY runs_parent WHERE parent_id = ? ORDER BY seq;
+
+-- name: active_descendants
+WITH RECURSIVE tree (id) AS (
+    SELECT id FROM runs INDEXED BY runs_parent WHERE parent_id = ?
+    UNION
+    SELECT r.id FROM runs r INDEXED BY runs_parent JOIN tree t ON r.parent_id = t.id
+)
+SELECT r.id, r.status, r.attempt FROM runs r JOIN tree USING (id)
+WHERE r.status IN ('queued', 'delayed', 'running', 'waiting');

@@ -157,3 +157,32 @@ def test_update_key_settings__changes_only_the_given_fields(conn: sqlite3.Connec
     assert _key_row(conn, "q", "u-2") == (None, 1, 3.0)
     admin.update_key_settings(conn, "q", "u-1", 4.0, concurrency_limit=None)
     assert _key_row(conn, "q", "u-1") == (None, 1, 4.0)
+
+
+def test_cancel_stored__cancels_active_children_and_theirs(
+    producer: Producer,
+    tasks: dict[str, Task],
+    conn: sqlite3.Connection,
+    rows: Rows,
+    clock: FakeClock,
+) -> None:
+    """With the daemon stopped, cancelling a parent cancels its active descendants, as the
+    daemon would; a final child and unrelated runs keep their status."""
+    (parent, other) = producer.insert([(tasks["email"], None, {})] * 2)
+    (child, done) = producer.insert([(tasks["email"], None, {})] * 2, parent_id=parent.id)
+    (grandchild,) = producer.insert([(tasks["email"], None, {})], parent_id=child.id)
+    _set_status(conn_path(conn), done.id, "completed")
+    admin.cancel_stored(conn, parent.id, clock.now())
+
+    status = {r["id"]: r["status"] for r in rows()}
+    assert status == {
+        parent.id: "canceled",
+        other.id: "queued",
+        child.id: "canceled",
+        done.id: "completed",
+        grandchild.id: "canceled",
+    }
+
+
+def conn_path(conn: sqlite3.Connection) -> Path:
+    return Path(conn.execute("PRAGMA database_list").fetchone()[2])
