@@ -223,6 +223,11 @@ class Daemon:
             self._tg.cancel_scope.cancel()  # waiting attempts and the control socket
             for slot in self._suspended.values():
                 slot.set(())  # out of their shield, into the cancellation
+            for command in self._inbox:
+                if isinstance(command, _Record):  # never committed: the step runs again
+                    command.reply.fail(
+                        StoreError("the daemon stopped before the step was recorded")
+                    )
             try:
                 await self._close()
             finally:
@@ -465,10 +470,11 @@ class Daemon:
         """Drop the coroutines of runs waiting past the threshold: the journal has them."""
         for run_id in self._evictions.pop_due(now):
             slot = self._suspended.pop(run_id, None)
-            scope = self._attempts.pop(run_id, None)
-            if slot is None or scope is None:
+            if slot is None:  # canceled, or stopped: nothing left to drop
                 continue
-            scope.cancel()
+            scope = self._attempts.pop(run_id, None)
+            if scope is not None:
+                scope.cancel()  # its late _Finished is then ignored
             slot.set(())
 
     async def _final_children(self, missing: list[RunId]) -> dict[RunId, ChildResult]:
