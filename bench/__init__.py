@@ -1,0 +1,1 @@
+"""keyq's benchmark suite: ``python -m bench --help`` (see bench/README.md)."""
