@@ -435,7 +435,7 @@ class Daemon:
 
     async def _begin_wait(self, command: _Waiting, now: float) -> None:
         run_id, wait, known = command.run_id, command.wait, {}
-        token_done = False
+        done_token: str | None = None  # a token already completed or timed out
         if isinstance(wait, WaitChildren):
             missing = self.engine.unresolved_children(run_id, wait.child_ids)
             if missing:  # children another process triggered may not be read yet
@@ -449,7 +449,8 @@ class Daemon:
             if token is None:
                 self._release(run_id, error=TokenNotFoundError(wait.token_id))
                 return
-            wait, token_done = WaitToken(token.id, token.timeout_at), token.status != "waiting"
+            wait = WaitToken(token.id, token.timeout_at)
+            done_token = token.id if token.status != "waiting" else None
         if not self.engine.wait(run_id, wait, now, known):
             self._release(run_id)  # the attempt is being stopped: let the cancel land
             return
@@ -457,14 +458,18 @@ class Daemon:
         self._entries.append((run_id, command.entry, now))
         self._journaled.add(run_id)
         self._evictions.push(run_id, now + self.config.checkpoint_after_s)
-        if token_done:
-            self.engine.token_done(wait.token_id, now)  # type: ignore[union-attr]
+        if done_token is not None:
+            self.engine.token_done(done_token, now)
 
     def _release(self, run_id: RunId, error: BaseException | None = None) -> None:
         """Let a suspended coroutine go on: with ``error`` raised, or to its cancellation."""
         slot = self._suspended.get(run_id)
-        if slot is not None:
-            slot.fail(error) if error is not None else slot.set(())
+        if slot is None:
+            return
+        if error is not None:
+            slot.fail(error)
+        else:
+            slot.set(())
 
     def _evict_due(self, now: float) -> None:
         """Drop the coroutines of runs waiting past the threshold: the journal has them."""
