@@ -92,7 +92,7 @@ def _wait_final(database: Path, ids: set[str]) -> list[tuple[str, dict[str, int]
         return all(status in ("completed", "failed", "canceled") for _, _, status, _ in rows)
 
     wait_for(final, 60, "every burst run final")
-    return [(key, json.loads(res)) for _, key, status, res in rows if status == "completed"]
+    return [(key, json.loads(res)) for _, key, status, res in rows if res and status == "completed"]
 
 
 def max_overlap(intervals: list[Interval]) -> int:
