@@ -27,7 +27,7 @@ from keyq.instance import InstanceLock, daemon_running, socket_path
 from keyq.producer import Producer, TriggerRequest, split_item
 from keyq.registry import Registry, Task, default_registry
 from keyq.results import RunHandle, RunResult, WaitToken
-from keyq.triggers import encode_payload
+from keyq.triggers import check_idempotency_key, encode_payload
 
 
 class Client:
@@ -179,7 +179,7 @@ class Client:
             self._producer.connection(),
             new_token_id(now),
             run_id=None,
-            idempotency_key=tokens.check_key(idempotency_key),
+            idempotency_key=check_idempotency_key(idempotency_key),
             now=now,
             timeout_at=None if timeout_s is None else now + timeout_s,
         )

@@ -20,11 +20,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from keyq.durations import parse_duration
-from keyq.errors import WaitError
+from keyq.errors import TriggerError, WaitError
 from keyq.journal import Entry, Journal, Kind, ReplayMismatchError
 from keyq.model import ChildResult, StartRun, Wait, WaitChildren, WaitToken, WaitUntil
 from keyq.results import RunHandle, RunResult, TokenResult
 from keyq.results import WaitToken as TokenHandle
+from keyq.triggers import check_idempotency_key
 
 if TYPE_CHECKING:
     from keyq.producer import TriggerRequest
@@ -88,9 +89,10 @@ class Waits:
         """
         try:
             timeout_s = None if timeout is None else parse_duration(timeout, field="timeout")
-        except ValueError as exc:
+            key = check_idempotency_key(idempotency_key)
+        except (ValueError, TriggerError) as exc:
             raise WaitError(str(exc)) from None
-        return await self._ctx._create_token(idempotency_key, timeout_s)
+        return await self._ctx._create_token(key, timeout_s)
 
     async def for_token(self, token: TokenHandle | str) -> TokenResult:
         """Wait, holding no slot, until the token is completed or times out.

@@ -402,7 +402,11 @@ class Daemon:
                 self._last_seq = specs[-1].seq
             if len(specs) < INGEST_BATCH:
                 break
-        while completed := await self._store.completed_tokens(self._last_token_seq, INGEST_BATCH):
+        # Only while a run waits on a token: a trigger's poke pays no extra query.
+        # A run that starts waiting later reads its token's state itself.
+        while self.engine.waits_for_tokens and (
+            completed := await self._store.completed_tokens(self._last_token_seq, INGEST_BATCH)
+        ):
             for self._last_token_seq, token_id in completed:
                 self.engine.token_done(token_id, now)
         if overrides:  # a trigger set a queue's limit: queue_settings holds the latest word
@@ -484,16 +488,7 @@ class Daemon:
 
     async def _final_children(self, missing: list[RunId]) -> dict[RunId, ChildResult]:
         """Results of children the engine does not follow: final ones, read from disk."""
-        assert self._store is not None
-        known = {}
-        for run_id in missing:
-            row = await self._store.outcome(run_id)
-            if row is None:
-                error = ErrorInfo("RunNotFound", f"child run {run_id} does not exist")
-                known[run_id] = ChildResult(run_id, FAILED, None, error)
-            elif row.status in FINAL:
-                known[run_id] = row
-        return known
+        return {c.run_id: c for c in await self.child_results(missing) if c.status in FINAL}
 
     async def _apply_cancel(self, command: _Cancel, now: float) -> None:
         if command.run_id not in self.engine:

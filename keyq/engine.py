@@ -202,6 +202,11 @@ class Engine:
             run.child_results.update(known)
             self._resume_if_children_done(run, now)
 
+    @property
+    def waits_for_tokens(self) -> bool:
+        """True while some run waits on a waitpoint token."""
+        return bool(self._token_waiters)
+
     def token_done(self, token_id: str, now: float) -> None:
         """A waitpoint token was completed (or timed out): its waiting runs resume."""
         for run_id in list(self._token_waiters.get(token_id, ())):

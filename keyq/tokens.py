@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from keyq import db
-from keyq.errors import TokenNotFoundError, TokenStateError, TriggerError
+from keyq.errors import TokenNotFoundError, TokenStateError
 from keyq.model import ErrorInfo
 from keyq.results import TokenResult, WaitToken
 from keyq.rows import iso
 
 Q = db.QUERIES
-MAX_KEY_LENGTH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +64,6 @@ class TokenRow:
 
 def token_from_row(row: Any) -> TokenRow:
     return TokenRow(*row)
-
-
-def check_key(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:
-        raise TriggerError(
-            f"idempotency_key must be a string of 1-{MAX_KEY_LENGTH} characters, got {value!r}"
-        )
-    return value
 
 
 def create(

@@ -73,7 +73,7 @@ def build_run(
         max_attempts=_max_attempts(options.get("max_attempts"), task),
         payload=encode_payload(payload, max_payload_bytes),
         tags=_tags(options.get("tags")),
-        idempotency_key=_idempotency_key(options.get("idempotency_key")),
+        idempotency_key=check_idempotency_key(options.get("idempotency_key")),
         queue_limit=queue_limit,
         parent_id=parent_id,
         created_at=now,
@@ -174,7 +174,8 @@ def _tags(value: Any) -> tuple[str, ...]:
     return tags
 
 
-def _idempotency_key(value: Any) -> str | None:
+def check_idempotency_key(value: Any) -> str | None:
+    """A valid idempotency key (of a run or a token), or None; TriggerError otherwise."""
     if value is None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:

@@ -454,3 +454,22 @@ async def test_wait__in_memory_waits_do_not_run_code_again(
             await daemon.result(long.id)
 
     assert seen == [("before", False), ("before", True), ("after", False)]
+
+
+async def test_token__completed_before_the_run_waits_on_it(
+    config: Config, registry: Registry, clock: FakeClock
+) -> None:
+    """for_token on a token already completed returns its output at once."""
+    with keyq.Client(config) as client:
+        token = client.create_token()
+        client.complete_token(token, {"early": True})
+
+    @registry.task(id="late-waiter")
+    async def late_waiter(payload: str, ctx: keyq.Context) -> Any:
+        return (await ctx.wait.for_token(payload)).unwrap()
+
+    async with keyq.Daemon(config, registry=registry, clock=clock) as daemon:
+        handle = await late_waiter.trigger(token.id)
+        async with deadline():
+            result = await daemon.result(handle.id)
+    assert result.output == {"early": True}
