@@ -51,7 +51,7 @@ class _Queue:
     parked: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per start, and a frozen __init__ costs 4x
 class Popped:
     """The run chosen to start, with the bucket it came from."""
 

@@ -74,15 +74,18 @@ _EVENTS: dict[tuple[str, str], tuple[str, str]] = {
     ("failed", "interrupted"): ("run_failed", "error"),
     ("canceled", "canceled"): ("run_canceled", "info"),
 }
+_UNLISTED = ("", "debug")  # named run_<to> when logged
 
 
 def log_transitions(log: Any, transitions: Sequence[Transition], payloads: bool) -> None:
     """One structured event per transition: ids, task, queue and key; never the payload
     or result unless ``payloads`` (``[log] payloads = true``)."""
     for t in transitions:
-        event, level = _EVENTS.get((t.to.value, t.reason), (f"run_{t.to.value}", "debug"))
+        # (RunState, str) finds the (str, str) key: RunState is a StrEnum.
+        event, level = _EVENTS.get((t.to, t.reason), _UNLISTED)
         if _LEVELS[level] < _min_level:
             continue  # filtered anyway: skip building the event on the hot path
+        event = event or f"run_{t.to}"
         fields: dict[str, Any] = {
             "run_id": t.run_id,
             "task": t.task,

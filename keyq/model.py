@@ -56,7 +56,7 @@ class ErrorInfo:
     traceback: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per run, and a frozen __init__ costs 4x
 class RunSpec:
     """A run as stored, handed to the engine when it enters (ingest or recovery)."""
 
@@ -80,7 +80,7 @@ class RunSpec:
     cancel_requested: bool = False  # a cancel was acknowledged before the attempt stopped
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per run, and a frozen __init__ costs 4x
 class Transition:
     """One state change of one run: the durable record and the audit log entry."""
 
@@ -139,7 +139,7 @@ class ChildResult:
 # --- what the shell must do ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per run, and a frozen __init__ costs 4x
 class StartRun:
     """Start (or resume) one run after the Step's transitions are committed."""
 

@@ -20,6 +20,8 @@ from keyq.model import Completed, ErrorInfo, Failed, Outcome
 from keyq.registry import Task
 
 _MAX_TRACEBACK = 8000  # characters kept in the run's record
+_encode = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
+_RETURNED_NONE = Completed("null")  # most tasks return nothing: no encoding to do
 
 
 async def run_attempt(
@@ -54,9 +56,12 @@ async def run_attempt(
 
 def encode_result(value: object, max_bytes: int) -> Outcome:
     """The result as JSON text; a value that is not JSON, or too large, fails without retry."""
+    if value is None:
+        return _RETURNED_NONE
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-        size = len(text.encode("utf-8"))  # also refuses lone surrogates SQLite cannot store
+        text = _encode(value)
+        # Encoding (not just counting) also refuses lone surrogates SQLite cannot store.
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except (TypeError, ValueError) as exc:
         error = ErrorInfo("ResultNotJSON", f"the task returned a value that is not JSON: {exc}")
         return Failed(error, retryable=False)
