@@ -534,7 +534,6 @@ class Daemon:
         if step.transitions or step.cancel_requests or self._entries:
             entries, self._entries = self._entries, []
             await self._commit(step, entries)
-            log_transitions(self.log, step.transitions, self.config.log.payloads)
             self._resolve_results(step.transitions)
         replies, self._replies = self._replies, []
         for reply in replies:
@@ -548,6 +547,12 @@ class Daemon:
             slot = self._suspended.get(run_id)
             if slot is not None:
                 slot.set(())  # leave the shielded wait; the cancellation lands next
+        if step.transitions:
+            if step.start:
+                # Let the new attempts take their first step before the log lines
+                # are written: logging is not on the trigger-to-start path.
+                await anyio.lowlevel.checkpoint()
+            log_transitions(self.log, step.transitions, self.config.log.payloads)
 
     async def _commit(self, step: Step, entries: Sequence[tuple[RunId, Entry, float]]) -> None:
         """Persist, shielded from cancellation, retrying (without acting) while the disk fails."""

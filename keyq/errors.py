@@ -93,6 +93,11 @@ class TokenStateError(KeyqError):
     """The token cannot be completed: it already was, or it timed out."""
 
 
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """True when SQLite gave up waiting for another connection's lock."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 @contextmanager
 def map_store_errors(what: str) -> Iterator[None]:
     """Translate sqlite3 errors raised by ``what`` into :class:`StoreError`.
@@ -103,7 +108,7 @@ def map_store_errors(what: str) -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
+        if is_busy(exc):
             raise DatabaseBusyError(f"{what}: {exc}") from exc
         raise StoreError(f"{what}: {exc}") from exc
     except sqlite3.DatabaseError as exc:
