@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
 
 from keyq.clock import FakeClock
 from keyq.config import Config
@@ -26,7 +29,7 @@ from keyq.states import (
     WAITING,
     RunState,
 )
-from keyq.store import Snapshot, SqliteStore
+from keyq.store import INLINE_ROWS, Snapshot, SqliteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -248,6 +251,60 @@ async def test_commit__many_transitions_of_many_runs_in_one_call(
         "attempt": 1,
         "error": {"type": "ValueError", "message": "bad input"},
     }
+
+
+@pytest.mark.parametrize("runs", [3, INLINE_ROWS + 1], ids=["inline", "worker-thread"])
+async def test_commit__small_and_large_commits_land_the_same(
+    producer: Producer,
+    tasks: dict[str, Task],
+    store: SqliteStore,
+    rows: Rows,
+    clock: FakeClock,
+    runs: int,
+) -> None:
+    """A commit small enough to run inline and one sent to the worker thread store alike."""
+    _trigger(producer, tasks["email"], runs)
+    specs, _ = runs_and_seq(await store.load_active())
+    t0 = clock.now()
+    await store.commit([_move(s, t0 + 1, QUEUED, RUNNING, "started", 1) for s in specs])
+    assert {(r["status"], r["started_at"]) for r in rows()} == {("running", t0 + 1)}
+
+
+@pytest.mark.timeout(15)  # an inline wait for the lock would block the loop for 30 s
+async def test_commit__waits_for_another_process_lock_without_blocking_the_loop(
+    producer: Producer,
+    tasks: dict[str, Task],
+    database: Path,
+    config: Config,
+    rows: Rows,
+    clock: FakeClock,
+) -> None:
+    """While another connection holds the write lock, a small commit does not block the
+    event loop waiting for it: it waits in the worker thread, and lands once the lock
+    is released."""
+    _trigger(producer, tasks["email"], 1)
+    store = await SqliteStore.open(replace(config, lock_timeout_s=30.0))
+    try:
+        (spec,), _ = runs_and_seq(await store.load_active())
+        other = sqlite3.connect(database, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        committed = anyio.Event()
+
+        async def commit() -> None:
+            await store.commit([_move(spec, clock.now(), QUEUED, RUNNING, "started", 1)])
+            committed.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(commit)
+            # Reached only if the commit left the loop free while the lock is held.
+            await wait_all_tasks_blocked()
+            assert not committed.is_set()
+            assert rows()[0]["status"] == "queued"
+            other.execute("COMMIT")
+            other.close()
+        assert rows()[0]["status"] == "running"
+    finally:
+        await store.close()
 
 
 async def test_commit__started_once_error_kept_finished_on_final(
