@@ -311,12 +311,13 @@ class Daemon:
 
     async def _recover(self) -> None:
         assert self._store is not None
-        snapshot = await self._store.load_active()
-        self._last_seq, self._last_token_seq = snapshot.last_seq, snapshot.last_token_seq
-        self._journaled = snapshot.journaled
         (await self._read_settings())(self.engine)
         now = self.clock.now()
-        recovered = self.engine.recover(snapshot.runs, now)
+        snapshot, recovered = await self._store.load_active(
+            lambda specs: self.engine.recover(specs, now)
+        )
+        self._last_seq, self._last_token_seq = snapshot.last_seq, snapshot.last_token_seq
+        self._journaled = snapshot.journaled
         for run_id, missing in recovered.children.items():
             self.engine.children_known(run_id, await self._final_children(missing), now)
         for token_id in recovered.tokens:

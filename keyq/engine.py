@@ -19,7 +19,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from keyq.dispatch import Dispatcher
 from keyq.errors import RunStateError
@@ -92,7 +93,8 @@ class _Run:
     cancel_reason: str | None = None  # why the engine asked the runner to stop
     used_s: float = 0.0  # running time spent by the current attempt
     span_started_at: float = 0.0
-    child_results: dict[RunId, ChildResult] = field(default_factory=dict)
+    # Results of waited children reported so far; None until the first (most runs never wait).
+    child_results: dict[RunId, ChildResult] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +201,7 @@ class Engine:
         """Results of children that were final before a restart (read by the shell)."""
         run = self._runs.get(run_id)
         if run is not None:
-            run.child_results.update(known)
+            _results(run).update(known)
             self._resume_if_children_done(run, now)
 
     @property
@@ -216,19 +218,19 @@ class Engine:
                 self._resume(run, now, "token_completed")
 
     def _adopt(self, spec: RunSpec) -> _Run:
-        run = _Run(
-            id=spec.id,
-            seq=spec.seq,
-            task=spec.task,
-            queue=spec.queue,
-            key=spec.concurrency_key,
-            priority=spec.priority,
-            payload=spec.payload,
-            max_attempts=spec.max_attempts,
-            state=spec.state,
-            attempt=spec.attempt,
-            parent_id=spec.parent_id,
-            wait=spec.wait,
+        run = _Run(  # positional: a million of these at recovery (bench/scale)
+            spec.id,
+            spec.seq,
+            spec.task,
+            spec.queue,
+            spec.concurrency_key,
+            spec.priority,
+            spec.payload,
+            spec.max_attempts,
+            spec.state,
+            spec.attempt,
+            spec.parent_id,
+            spec.wait,
         )
         self._runs[run.id] = run
         self._counts[run.state] += 1
@@ -295,7 +297,8 @@ class Engine:
         self._leave_running(run, now)
         run.wait = wait
         self._move(run, WAITING, now, "wait")
-        run.child_results.update(known or {})
+        if known:
+            _results(run).update(known)
         self._await(run, wait, now)
         return True
 
@@ -319,7 +322,7 @@ class Engine:
     def unresolved_children(self, run_id: RunId, child_ids: tuple[RunId, ...]) -> list[RunId]:
         """Children the engine cannot follow: neither active nor already reported."""
         run = self._runs.get(run_id)
-        results = run.child_results if run is not None else {}
+        results = (run.child_results if run is not None else None) or _NO_RESULTS
         return [c for c in child_ids if c not in self._runs and c not in results]
 
     def cancel(self, run_id: RunId, now: float) -> None:
@@ -503,9 +506,9 @@ class Engine:
         if not (run.resume and isinstance(run.wait, WaitChildren)):
             return ()
         ids = run.wait.child_ids  # may repeat: two items with one idempotency key
-        known = run.child_results
+        known = run.child_results or _NO_RESULTS
         results = tuple(known[c] for c in ids if c in known)
-        run.child_results = {}
+        run.child_results = None
         return results if len(results) == len(ids) else ()
 
     def _leave_running(self, run: _Run, now: float) -> None:
@@ -581,7 +584,7 @@ class Engine:
         waiter = self._runs.get(waiter_id)
         if waiter is None:
             return
-        waiter.child_results[child.run_id] = child
+        _results(waiter)[child.run_id] = child
         self._resume_if_children_done(waiter, now)
 
     def _resume_if_children_done(self, run: _Run, now: float) -> None:
@@ -589,7 +592,7 @@ class Engine:
         if (
             run.state is WAITING
             and isinstance(wait, WaitChildren)
-            and all(c in run.child_results for c in wait.child_ids)
+            and all(c in (run.child_results or _NO_RESULTS) for c in wait.child_ids)
         ):
             self._resume(run, now, "children_done")
 
@@ -654,3 +657,11 @@ class Engine:
 
 
 _EMPTY_STEP = Step()
+_NO_RESULTS: Mapping[RunId, ChildResult] = MappingProxyType({})
+
+
+def _results(run: _Run) -> dict[RunId, ChildResult]:
+    """The run's child results, created on first use."""
+    if run.child_results is None:
+        run.child_results = {}
+    return run.child_results

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import UTC, datetime
+from sys import intern
 from typing import Any
 
 from keyq.model import ErrorInfo, RunSpec, Transition, Wait, WaitChildren, WaitToken, WaitUntil
@@ -121,8 +122,11 @@ def transition_params(t: Transition) -> tuple[Any, ...]:
     )
 
 
+_STATES: dict[str, RunState] = {s.value: s for s in RunState}  # RunState(v) is slow
+
+
 def spec_from_row(row: tuple[Any, ...]) -> RunSpec:
-    """A RunSpec from a ``select_new_runs`` / ``select_active_runs`` row."""
+    """A RunSpec from a ``select_new_runs`` / ``select_runs_in_state`` row."""
     (
         seq,
         run_id,
@@ -141,16 +145,18 @@ def spec_from_row(row: tuple[Any, ...]) -> RunSpec:
         created_at,
         available_at,
     ) = row
+    # Names repeat across runs (a million runs, a few tasks and queues): interned,
+    # each is held once rather than once per run (bench/scale: memory at 1M).
     return RunSpec(
         id=run_id,
         seq=seq,
-        task=task,
-        queue=queue,
-        concurrency_key=key,
+        task=intern(task),
+        queue=intern(queue),
+        concurrency_key=intern(key) if key is not None else None,
         priority=priority,
         payload=payload,
         max_attempts=max_attempts,
-        state=RunState(status),
+        state=_STATES[status],
         attempt=attempt,
         available_at=available_at,
         created_at=created_at,

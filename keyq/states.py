@@ -43,6 +43,7 @@ COMPLETED, FAILED, CANCELED = RunState.COMPLETED, RunState.FAILED, RunState.CANC
 
 FINAL: frozenset[RunState] = frozenset({COMPLETED, FAILED, CANCELED})
 ACTIVE: frozenset[RunState] = frozenset({DELAYED, QUEUED, RUNNING, WAITING})
+ACTIVE_ORDER: tuple[RunState, ...] = (DELAYED, QUEUED, RUNNING, WAITING)  # to iterate over
 HOLDS_SLOT: frozenset[RunState] = frozenset({RUNNING})
 
 # A new run is created QUEUED, or DELAYED when it has a delay; `None` stands for

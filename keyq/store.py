@@ -17,11 +17,13 @@ if another process holds it, that commit goes to the thread and waits there.
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import anyio
@@ -33,7 +35,7 @@ from keyq.journal import Entry
 from keyq.model import CancelRequest, ChildResult, RunId, RunSpec, Transition, WaitToken
 from keyq.results import WaitToken as TokenHandle
 from keyq.rows import error_from_json, spec_from_row, transition_params
-from keyq.states import RunState
+from keyq.states import ACTIVE_ORDER, RunState
 from keyq.tokens import TokenRow, token_from_row
 
 Q = db.QUERIES
@@ -43,9 +45,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the daemon loads at start-up."""
+    """Where the daemon reads from after start-up (the runs go to ``load_active``'s adopt)."""
 
-    runs: list[RunSpec]
     last_seq: int  # new runs are those after it
     journaled: set[RunId]  # active runs with recorded waits or steps: they start by replay
     last_token_seq: int  # token completions after it are new
@@ -111,21 +112,27 @@ class SqliteStore:
             raise
         return result
 
-    async def load_active(self) -> Snapshot:
-        """Every non-final run, oldest first, and where to read new runs and token
-        completions from, all from one snapshot."""
+    async def load_active(self, adopt: Callable[[Iterable[RunSpec]], T]) -> tuple[Snapshot, T]:
+        """Every non-final run, oldest first, streamed to ``adopt``, and where to read
+        new runs and token completions from, all from one snapshot.
+
+        The runs are read one index range per active state and merged by seq: no
+        sort of the backlog, and a million queued runs are never held as rows
+        and as specs at once. Returns the snapshot and what ``adopt`` returned.
+        """
         conn = self._conn
         async with self._exclusive("loading runs"):
             conn.execute("BEGIN")
             try:
-                rows = conn.execute(Q["select_active_runs"]).fetchall()
                 (max_seq,) = conn.execute(Q["max_seq"]).fetchone()
-                journaled = conn.execute(Q["select_journaled_active_runs"]).fetchall()
+                journaled = {r[0] for r in conn.execute(Q["select_journaled_active_runs"])}
                 (token_seq,) = conn.execute(Q["max_completed_token_seq"]).fetchone()
+                query = Q["select_runs_in_state"]
+                ranges = [conn.execute(query, (str(state),)) for state in ACTIVE_ORDER]
+                adopted = adopt(map(spec_from_row, heapq.merge(*ranges, key=itemgetter(0))))
             finally:
                 conn.execute("COMMIT")
-        specs = [spec_from_row(r) for r in rows]
-        return Snapshot(specs, max_seq, {r[0] for r in journaled}, token_seq)
+        return Snapshot(max_seq, journaled, token_seq), adopted
 
     async def load_new(self, after_seq: int, limit: int) -> list[RunSpec]:
         """Runs inserted after ``after_seq``, oldest first (an index range, not a scan)."""

@@ -39,10 +39,12 @@ SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_att
        queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at
 FROM runs WHERE seq > ? ORDER BY seq LIMIT ?;
 
--- name: select_active_runs
+-- name: select_runs_in_state
+-- One index range of runs_status, already in seq order: recovery merges the four
+-- active states instead of sorting the whole backlog.
 SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_attempts, payload,
        queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at
-FROM runs WHERE status IN ('queued', 'delayed', 'running', 'waiting') ORDER BY seq;
+FROM runs WHERE status = ? ORDER BY seq;
 
 -- name: max_seq
 SELECT COALESCE(MAX(seq), 0) FROM runs;

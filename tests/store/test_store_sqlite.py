@@ -29,15 +29,16 @@ from keyq.states import (
     WAITING,
     RunState,
 )
-from keyq.store import INLINE_ROWS, Snapshot, SqliteStore
+from keyq.store import INLINE_ROWS, SqliteStore
 
 pytestmark = pytest.mark.anyio
 
 Rows = Callable[..., list[dict[str, Any]]]
 
 
-def runs_and_seq(snapshot: Snapshot) -> tuple[list[RunSpec], int]:
-    return snapshot.runs, snapshot.last_seq
+async def runs_and_seq(store: SqliteStore) -> tuple[list[RunSpec], int]:
+    snapshot, runs = await store.load_active(list)
+    return runs, snapshot.last_seq
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ async def test_open__creates_and_migrates_a_new_database(config: Config) -> None
     """Opening a store on a missing file creates it, migrated and empty."""
     store = await SqliteStore.open(config)
     try:
-        assert runs_and_seq(await store.load_active()) == ([], 0)
+        assert await runs_and_seq(store) == ([], 0)
         assert await store.load_new(0, 100) == []
     finally:
         await store.close()
@@ -104,7 +105,7 @@ async def test_load_active__only_non_final_runs_and_the_max_seq(
 ) -> None:
     """Recovery loads queued/delayed/running/waiting runs only, and the highest seq of all runs."""
     ids = _trigger(producer, tasks["analyze"], 7, concurrency_key="u-1")
-    active, max_seq = runs_and_seq(await store.load_active())
+    active, max_seq = await runs_and_seq(store)
     by_id = {s.id: s for s in active}
     assert list(by_id) == ids
     t = clock.now() + 1
@@ -122,7 +123,7 @@ async def test_load_active__only_non_final_runs_and_the_max_seq(
         ]
     )
 
-    active, max_seq = runs_and_seq(await store.load_active())
+    active, max_seq = await runs_and_seq(store)
     assert [(a.id, a.state) for a in active] == [
         (ids[0], QUEUED),
         (ids[1], RUNNING),
@@ -154,7 +155,7 @@ async def test_load_active__spec_carries_every_stored_field(
         ],
         parent_id="run_parent",
     )
-    (spec,), max_seq = runs_and_seq(await store.load_active())
+    (spec,), max_seq = await runs_and_seq(store)
     assert spec == RunSpec(
         id=run_id.id,
         seq=max_seq,
@@ -179,7 +180,7 @@ async def test_load_new__only_newer_rows_in_order(
 ) -> None:
     """Ingest reads the rows after a seq, oldest first, at most `limit` of them."""
     first = _trigger(producer, tasks["email"], 3)
-    _, seen = runs_and_seq(await store.load_active())
+    _, seen = await runs_and_seq(store)
     later = _trigger(producer, tasks["analyze"], 4)
 
     new = await store.load_new(seen, 100)
@@ -195,7 +196,7 @@ async def test_load_new__sees_rows_committed_by_another_producer_after_open(
     make_producer: Callable[..., Producer], tasks: dict[str, Task], store: SqliteStore
 ) -> None:
     """Rows inserted by another process after the daemon opened the file are found."""
-    _, seen = runs_and_seq(await store.load_active())
+    _, seen = await runs_and_seq(store)
     ids = _trigger(make_producer(), tasks["email"], 2)
     assert [n.id for n in await store.load_new(seen, 10)] == ids
 
@@ -213,7 +214,7 @@ async def test_commit__many_transitions_of_many_runs_in_one_call(
 ) -> None:
     """One commit applies every transition in order: final states, timestamps, results, events."""
     _trigger(producer, tasks["analyze"], 2, concurrency_key="u-1")
-    (a, b), _ = runs_and_seq(await store.load_active())
+    (a, b), _ = await runs_and_seq(store)
     t0 = clock.now()
     boom = ErrorInfo("ValueError", "bad input", "Traceback ...")
     await store.commit(
@@ -264,7 +265,7 @@ async def test_commit__small_and_large_commits_land_the_same(
 ) -> None:
     """A commit small enough to run inline and one sent to the worker thread store alike."""
     _trigger(producer, tasks["email"], runs)
-    specs, _ = runs_and_seq(await store.load_active())
+    specs, _ = await runs_and_seq(store)
     t0 = clock.now()
     await store.commit([_move(s, t0 + 1, QUEUED, RUNNING, "started", 1) for s in specs])
     assert {(r["status"], r["started_at"]) for r in rows()} == {("running", t0 + 1)}
@@ -285,7 +286,7 @@ async def test_commit__waits_for_another_process_lock_without_blocking_the_loop(
     _trigger(producer, tasks["email"], 1)
     store = await SqliteStore.open(replace(config, lock_timeout_s=30.0))
     try:
-        (spec,), _ = runs_and_seq(await store.load_active())
+        (spec,), _ = await runs_and_seq(store)
         other = sqlite3.connect(database, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         committed = anyio.Event()
@@ -312,7 +313,7 @@ async def test_commit__started_once_error_kept_finished_on_final(
 ) -> None:
     """started_at is the first start; the last error survives a retry; finished_at marks the end."""
     _trigger(producer, tasks["email"], 1)
-    ((run,), _) = runs_and_seq(await store.load_active())
+    ((run,), _) = await runs_and_seq(store)
     first = ErrorInfo("TimeoutError", "attempt 1 timed out")
     last = ErrorInfo("RuntimeError", "attempt 2 broke")
     steps = [
@@ -348,7 +349,7 @@ async def test_commit__waitpoint_is_stored_and_cleared(
 ) -> None:
     """A waiting run's waitpoint is stored for recovery and cleared when it resumes."""
     _trigger(producer, tasks["email"], 1)
-    ((run,), _) = runs_and_seq(await store.load_active())
+    ((run,), _) = await runs_and_seq(store)
     wait = WaitChildren(("run_child1", "run_child2"))
     await store.commit(
         [
@@ -356,18 +357,18 @@ async def test_commit__waitpoint_is_stored_and_cleared(
             _move(run, 2.0, RUNNING, WAITING, "trigger_and_wait", 1, wait=wait),
         ]
     )
-    ((recovered,), _) = runs_and_seq(await store.load_active())
+    ((recovered,), _) = await runs_and_seq(store)
     assert (recovered.state, recovered.wait) == (WAITING, wait)
 
     await store.commit([_move(run, 3.0, WAITING, QUEUED, "children done", 1)])
-    ((resumed,), _) = runs_and_seq(await store.load_active())
+    ((resumed,), _) = await runs_and_seq(store)
     assert (resumed.state, resumed.wait) == (QUEUED, None)
 
 
 async def test_commit__empty_batch_is_harmless(store: SqliteStore) -> None:
     """Committing no transitions is a no-op."""
     await store.commit([])
-    assert runs_and_seq(await store.load_active()) == ([], 0)
+    assert await runs_and_seq(store) == ([], 0)
 
 
 async def test_commit__failure_rolls_back_the_whole_group(
@@ -375,7 +376,7 @@ async def test_commit__failure_rolls_back_the_whole_group(
 ) -> None:
     """If one transition of a group fails to write, none of the group is stored."""
     _trigger(producer, tasks["email"], 2)
-    (a, b), _ = runs_and_seq(await store.load_active())
+    (a, b), _ = await runs_and_seq(store)
     conn = sqlite3.connect(database)
     conn.execute(
         "CREATE TRIGGER refuse_b BEFORE UPDATE ON runs WHEN NEW.seq = "
@@ -402,7 +403,7 @@ async def test_outcome__reports_the_stored_result(
 ) -> None:
     """A parent sees its child's status, result text and error as stored."""
     _trigger(producer, tasks["email"], 2)
-    (a, b), _ = runs_and_seq(await store.load_active())
+    (a, b), _ = await runs_and_seq(store)
     oops = ErrorInfo("KeyError", "'x'")
     await store.commit(
         [
