@@ -598,6 +598,11 @@ class Daemon:
             if current is not None and current.cancelling():
                 raise  # the task itself is being cancelled (the loop is closing)
             outcome = Failed(ErrorInfo("CancelledError", STRAY_CANCEL))
+        except Exception as exc:
+            # A bug on keyq's side of the attempt. No task group takes the daemon
+            # down with it now: fail the run, so its slot is freed and recorded.
+            self.log.exception("attempt_crashed", run_id=start.run_id)
+            outcome = Failed(error_info(exc), retryable=False)
         self._post(_Finished(start.run_id, outcome, scope))
 
     async def _run(self, task: Task | None, start: StartRun, replay: bool) -> Outcome:

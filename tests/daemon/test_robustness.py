@@ -134,6 +134,40 @@ async def test_task__stray_cancelled_error_fails_the_run_not_the_daemon(
     assert result.error.type == "CancelledError"
 
 
+async def test_attempt__a_crash_in_keyq_own_code_fails_the_run_and_frees_its_slot(
+    config: Config, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If keyq's side of an attempt raises (a bug), that run fails without retry, its
+    slot is given back, and the daemon goes on serving."""
+
+    @registry.task(id="victim", retry=keyq.Retry(max_attempts=3))
+    async def victim(payload: Any, ctx: keyq.Context) -> None:
+        return None
+
+    @registry.task(id="after")
+    async def after(payload: Any, ctx: keyq.Context) -> str:
+        return "still serving"
+
+    async def broken(task: Any, payload: str, ctx: Any, max_result_bytes: int) -> Any:
+        if ctx.task_id == "victim":
+            raise RuntimeError("bug in the runner")
+        return await real_run_attempt(task, payload, ctx, max_result_bytes)
+
+    real_run_attempt = keyq.daemon.run_attempt
+    monkeypatch.setattr(keyq.daemon, "run_attempt", broken)
+    async with keyq.Daemon(config, registry=registry) as daemon:
+        bad = await victim.trigger({})
+        async with deadline():
+            result = await daemon.result(bad.id)
+            good = await after.trigger({})
+            assert (await daemon.result(good.id)).output == "still serving"
+        assert daemon.engine.limits.running == 0
+
+    assert result.status is RunState.FAILED
+    assert result.error is not None
+    assert (result.error.type, result.error.message) == ("RuntimeError", "bug in the runner")
+
+
 async def test_task__result_too_large_or_unstorable_fails_without_retry(
     config: Config, registry: Registry
 ) -> None:
