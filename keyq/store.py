@@ -57,7 +57,6 @@ class SqliteStore:
 
     def __init__(self, conn: sqlite3.Connection, config: Config) -> None:
         self._conn = conn
-        self._config = config
         self._busy_timeout_ms = max(1, int(config.lock_timeout_s * 1000))
         # One operation at a time, inline or in the thread: a read must never
         # run inside an open commit transaction (it would see uncommitted rows).
@@ -82,35 +81,26 @@ class SqliteStore:
     async def _write(self, what: str, rows: int, write: Callable[[], T]) -> T:
         """Run ``write`` in one transaction: inline when small and the lock is free."""
         async with self._exclusive(what):
-            if rows <= INLINE_ROWS and self._begin_without_waiting():
-                return self._finish_transaction(write)
+            if rows <= INLINE_ROWS:
+                try:
+                    return self._transaction_without_waiting(write)
+                except sqlite3.OperationalError as exc:
+                    if not is_busy(exc):
+                        raise
             return await anyio.to_thread.run_sync(self._transaction, write, limiter=self._thread)
 
-    def _begin_without_waiting(self) -> bool:
-        """BEGIN IMMEDIATE, or False at once if another process holds the write lock."""
+    def _transaction_without_waiting(self, write: Callable[[], T]) -> T:
+        """One transaction that raises "database is locked" at once if another process
+        holds the write lock, instead of blocking the loop until it is free."""
         self._conn.execute("PRAGMA busy_timeout = 0")
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if is_busy(exc):
-                return False
-            raise
+            return self._transaction(write)
         finally:
             self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        return True
 
     def _transaction(self, write: Callable[[], T]) -> T:
-        self._conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for the lock
-        return self._finish_transaction(write)
-
-    def _finish_transaction(self, write: Callable[[], T]) -> T:
-        try:
-            result = write()
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        return result
+        with db.transaction(self._conn):  # waits up to busy_timeout for the write lock
+            return write()
 
     async def load_active(self, adopt: Callable[[Iterable[RunSpec]], T]) -> tuple[Snapshot, T]:
         """Every non-final run, oldest first, streamed to ``adopt``, and where to read
