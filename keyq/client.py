@@ -1,10 +1,11 @@
 """Triggering and operating from another process: a web app, a script, the CLI.
 
 ``keyq.Client`` is synchronous (Django, Flask, scripts); ``keyq.AsyncClient``
-has the same methods as coroutines (FastAPI, aiohttp). Both write to the
-database directly, so they work while the daemon is stopped, and poke the
-daemon's socket so it starts the run within milliseconds when it is up.
-Task ids resolve against the registry: import your task modules first.
+has the same methods as coroutines (FastAPI, aiohttp). When the daemon is up,
+a trigger is handed to it over its socket, and it stores the run together with
+its start (:mod:`keyq.handoff`); when it is not, the client writes to the
+database directly, and the daemon reads the run when it starts. Task ids
+resolve against the registry: import your task modules first.
 """
 
 from __future__ import annotations
@@ -40,13 +41,18 @@ class Client:
         self.registry = registry if registry is not None else default_registry
         self._clock = SystemClock()
         self._socket = socket_path(self.config.database)
-        self._poker = control.Poker(self._socket)
-        self._producer = Producer(self.config, now=self._clock.now, poke=self._poker)
+        self._channel = control.Channel(self._socket)
+        self._producer = Producer(
+            self.config,
+            now=self._clock.now,
+            poke=self._channel.poke,
+            hand_off=self._channel.hand_off,
+        )
         self._inspector: Inspector | None = None
 
     def close(self) -> None:
         self._producer.close()
-        self._poker.close()
+        self._channel.close()
         if self._inspector is not None:
             self._inspector.close()
             self._inspector = None
@@ -194,7 +200,7 @@ class Client:
         token_id = token.id if isinstance(token, WaitToken) else token
         text = encode_payload(output, self.config.max_payload_bytes)
         tokens.complete(self._producer.connection(), token_id, text, self._clock.now())
-        self._poker()
+        self._channel.poke()
 
     def get_token(self, token_id: str) -> dict[str, Any]:
         """The token as JSON: status, output, timeout and the run that created it."""

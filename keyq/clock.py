@@ -17,6 +17,13 @@ from typing import Protocol
 import anyio
 
 
+def host_monotonic() -> float:
+    """CLOCK_MONOTONIC seconds: one clock for every process on this host, never set
+    back. Not the daemon's scheduling time (that is :class:`Clock`): it stamps
+    requests between processes (keyq.handoff), which a test's FakeClock must not move."""
+    return time.monotonic()
+
+
 class Clock(Protocol):
     """What the daemon needs of time."""
 

@@ -8,6 +8,7 @@ daemon to read new rows now. Every other request gets one answer line,
 | op         | fields   | does                                            |
 |------------|----------|-------------------------------------------------|
 | poke       |          | read newly inserted runs now                    |
+| trigger    | runs, new_until | store and start runs (:mod:`keyq.handoff`); answers once stored |
 | cancel     | run_id   | cancel a run (answers once the cancel is durable) |
 | settings   |          | re-read runtime limit overrides from the database |
 | stats      |          | the engine's live counts                        |
@@ -19,19 +20,23 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
+from anyio.abc import SocketAttribute
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from keyq import handoff
 from keyq.errors import DaemonNotRunningError, KeyqError
+from keyq.triggers import NewRun
 
 if TYPE_CHECKING:
     from keyq.daemon import Daemon
 
-MAX_LINE = 64 * 1024
+MAX_LINE = handoff.MAX_MESSAGE_BYTES
 
 
 async def serve_control(
@@ -78,11 +83,27 @@ async def _serve_connection(daemon: Daemon, stream: anyio.abc.ByteStream) -> Non
                 line = await reader.receive_until(b"\n", MAX_LINE)
                 answer = await _handle(daemon, line)
                 if answer is not None:
-                    await stream.send(json.dumps(answer).encode() + b"\n")
+                    await _send_now(stream, json.dumps(answer).encode() + b"\n")
         except _GONE:
             return  # the client went away, perhaps before its answer
         except Exception:
             daemon.log.exception("control_request_failed")
+
+
+async def _send_now(stream: anyio.abc.ByteStream, data: bytes) -> None:
+    """Send without yielding first when the socket takes it all (answers are small).
+
+    anyio's ``send`` yields to the loop before writing, and the main loop may
+    then commit the next step before this task runs again: a trigger's answer
+    would wait behind an fsync it has nothing to do with (bench/latency).
+    """
+    sock = stream.extra(SocketAttribute.raw_socket)
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        await stream.send(data[sent:])
 
 
 async def _handle(daemon: Daemon, line: bytes) -> dict[str, Any] | None:
@@ -108,6 +129,14 @@ async def _operate(daemon: Daemon, op: str, request: dict[str, Any]) -> dict[str
         if not isinstance(run_id, str):
             raise TypeError("run_id must be a string")
         await daemon.cancel(run_id)
+        return {"ok": True}
+    if op == "trigger":
+        new_until = request["new_until"]
+        if not isinstance(new_until, int | float):
+            raise TypeError("new_until must be a number")
+        runs = handoff.decode(request["runs"], daemon.registry, daemon.config.max_payload_bytes)
+        if not await daemon.hand_in(runs, new_until=new_until):
+            return {"ok": False, "error": "the daemon is stopping: store the runs directly"}
         return {"ok": True}
     if op == "settings":
         await daemon.reload_settings()
@@ -147,7 +176,7 @@ def request(path: Path, message: dict[str, Any], timeout_s: float = 10.0) -> dic
 def _connect(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(1.0)
+        sock.settimeout(handoff.ANSWER_TIMEOUT_S)
         sock.connect(os.fspath(path))
     except OSError:
         sock.close()
@@ -155,30 +184,68 @@ def _connect(path: Path) -> socket.socket:
     return sock
 
 
-class Poker:
-    """Pokes a daemon over a kept-open connection; silent when no daemon listens."""
+class Channel:
+    """A kept-open connection to the daemon, for pokes and hand-offs (thread-safe).
+
+    Silent when no daemon listens: a poke is then not needed (the run is on
+    disk and is read when the daemon starts), and a hand-off answers False so
+    that the caller stores the runs itself.
+    """
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
 
-    def __call__(self) -> None:
+    def poke(self) -> None:
         with self._lock:
-            self._poke()
+            self._exchange(lambda retry: b'{"op":"poke"}\n', answered=False)
 
-    def _poke(self) -> None:
-        for _ in range(2):  # a daemon restart closes the old connection: retry once
+    def hand_off(self, runs: list[NewRun]) -> bool:
+        """Hand runs to the daemon (:mod:`keyq.handoff`); True once it has stored them."""
+        if not handoff.eligible(runs) or (encoded := handoff.encode(runs)) is None:
+            return False
+        with self._lock:
+            answer = self._exchange(lambda retry: handoff.request(encoded, retry), answered=True)
+        return answer is not None and answer.get("ok") is True
+
+    def _exchange(self, line: Callable[[bool], bytes], *, answered: bool) -> dict[str, Any] | None:
+        """Send ``line(retry)``; the answer if ``answered``. A daemon restart closes a
+        kept connection: then retry once on a new one. A silent daemon is not
+        retried: the caller goes on without it."""
+        for retry in (False, True):
+            stale = self._sock is not None
             try:
                 if self._sock is None:
                     self._sock = _connect(self._path)
-                self._sock.sendall(b'{"op":"poke"}\n')
-                return
+                self._sock.sendall(line(retry))
+                if not answered:
+                    return None
+                answer = _read_line(self._sock)
+                if answer is not None:
+                    return cast(dict[str, Any], json.loads(answer))
+            except TimeoutError:
+                self.close()  # an answer may still come: never read it as the next one's
+                return None
             except OSError:
-                self.close()
-        # No daemon: the run is on disk and is read when the daemon starts.
+                pass
+            self.close()
+            if not stale:
+                return None
+        return None
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _read_line(sock: socket.socket) -> bytes | None:
+    """One answer line; None if the daemon closed the connection first."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(MAX_LINE)
+        if not chunk:
+            return None
+        data += chunk
+    return data

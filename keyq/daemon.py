@@ -23,9 +23,11 @@ from the top and replays the journal up to where it waited.
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import random
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,7 +36,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from keyq import systemd
+from keyq import handoff, systemd
 from keyq.clock import Clock, SystemClock
 from keyq.config import Config, load_config
 from keyq.context import Context
@@ -70,12 +72,14 @@ from keyq.producer import Producer, TriggerRequest, reset_current, set_current
 from keyq.registry import Registry, Task, default_registry
 from keyq.results import RunHandle, RunResult, TokenResult
 from keyq.results import WaitToken as TokenHandle
+from keyq.rows import spec_from_new
 from keyq.runner import error_info, run_attempt
 from keyq.settings import key_settings, queue_settings
 from keyq.slots import Slot
 from keyq.states import DELAYED, FAILED, FINAL, QUEUED, RunState
 from keyq.store import SqliteStore
 from keyq.timers import Deadlines
+from keyq.triggers import NewRun
 
 STRAY_CANCEL = "the task raised CancelledError without being cancelled (an awaited task was?)"
 INGEST_BATCH = 5000
@@ -116,7 +120,14 @@ class _Apply:
     reply: Slot[None]
 
 
-_Command = _Finished | _Waiting | _Record | _Cancel | _Apply
+@dataclass(frozen=True, slots=True)
+class _Trigger:
+    runs: list[NewRun]
+    new_until: float  # keyq.handoff.request: until when they cannot be stored elsewhere
+    reply: Slot[None]
+
+
+_Command = _Finished | _Waiting | _Record | _Cancel | _Apply | _Trigger
 
 
 class Daemon:
@@ -156,6 +167,8 @@ class Daemon:
         self._evictions: Deadlines[RunId] = Deadlines()  # suspended coroutines to drop
         self._journaled: set[RunId] = set()  # active runs that start by replay
         self._entries: list[tuple[RunId, Entry, float]] = []  # to commit with the next step
+        self._inserts: list[NewRun] = []  # runs handed in, stored with the next step
+        self._answered_client = False  # a client waits for this step's commit
         self._result_waiters: dict[RunId, list[Slot[RunResult]]] = {}
         self._idle_waiters: list[tuple[anyio.Event, bool]] = []
         self._stopping = False
@@ -229,6 +242,8 @@ class Daemon:
                     command.reply.fail(
                         StoreError("the daemon stopped before the step was recorded")
                     )
+                elif isinstance(command, _Trigger):  # never adopted: the caller stores them
+                    command.reply.fail(StoreError("the daemon stopped before storing the runs"))
             try:
                 await self._close()
             finally:
@@ -276,31 +291,33 @@ class Daemon:
         self._watchdog_s = systemd.watchdog_interval_s()
         if self._watchdog_s is not None and isinstance(self.clock, SystemClock):
             self.clock.max_sleep_s = min(self.clock.max_sleep_s, self._watchdog_s)
-        async with self:
-            assert self._tg is not None
-            self._tg.start_soon(self._handle_signals, name="keyq signals")
-            systemd.notify("READY=1", f"STATUS=serving {self.config.database}")
-            await self._stop_requested.wait()
-            systemd.notify("STOPPING=1")
-
-    async def _handle_signals(self) -> None:
+        # Handlers first: a SIGHUP's default action kills the process, and a
+        # reload may come as soon as "daemon_started" is logged.
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    systemd.notify("RELOADING=1")
-                    try:
-                        await self.reload_config()
-                    except KeyqError as exc:  # a typo must not take the service down
-                        self.log.error("config_reload_failed", error=str(exc))
-                    systemd.notify("READY=1")
-                elif not self._stop_requested.is_set():
-                    self.log.info("signal_received", signal=signal.Signals(signum).name)
-                    self._stop_requested.set()
-                else:
-                    # A second SIGTERM/SIGINT: do not wait out the grace period.
-                    self.log.warning("interrupting_running_attempts")
-                    self.engine.interrupt_all(self.clock.now())
-                    self._wakeup()
+            async with self:
+                assert self._tg is not None
+                self._tg.start_soon(self._handle_signals, signals, name="keyq signals")
+                systemd.notify("READY=1", f"STATUS=serving {self.config.database}")
+                await self._stop_requested.wait()
+                systemd.notify("STOPPING=1")
+
+    async def _handle_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                systemd.notify("RELOADING=1")
+                try:
+                    await self.reload_config()
+                except KeyqError as exc:  # a typo must not take the service down
+                    self.log.error("config_reload_failed", error=str(exc))
+                systemd.notify("READY=1")
+            elif not self._stop_requested.is_set():
+                self.log.info("signal_received", signal=signal.Signals(signum).name)
+                self._stop_requested.set()
+            else:
+                # A second SIGTERM/SIGINT: do not wait out the grace period.
+                self.log.warning("interrupting_running_attempts")
+                self.engine.interrupt_all(self.clock.now())
+                self._wakeup()
 
     def _ping_watchdog(self, now: float) -> None:
         if self._watchdog_s is not None and now - self._last_ping >= self._watchdog_s:
@@ -446,6 +463,8 @@ class Daemon:
             self._replies.append(command.reply)
         elif isinstance(command, _Cancel):
             await self._apply_cancel(command, now)
+        elif isinstance(command, _Trigger):
+            await self._adopt_handed_in(command)
         else:
             self._apply_change(command, now)
 
@@ -521,6 +540,28 @@ class Daemon:
             raise RunNotFoundError(run_id)
         raise RunStateError(f"run {run_id} is already {row.status.value}")
 
+    async def _adopt_handed_in(self, command: _Trigger) -> None:
+        """Adopt runs handed in; they are stored with this step's transitions.
+
+        A run this daemon knows, or whose id is stored, is not adopted again:
+        handing in is idempotent, so a caller that heard no answer may send the
+        runs again or store them itself (keyq/handoff.py).
+        """
+        assert self._store is not None
+        runs = [r for r in command.runs if r.id not in self.engine]
+        stored: set[RunId] = set()
+        if runs and not handoff.is_new(command.new_until):
+            try:
+                stored = await self._store.stored_ids([r.id for r in runs])
+            except StoreError as exc:
+                command.reply.fail(exc)
+                return
+        for run in runs:
+            if run.id not in stored and self.engine.submit(spec_from_new(run)):
+                self._inserts.append(run)
+        self._replies.append(command.reply)
+        self._answered_client = self._answered_client or command.new_until != math.inf
+
     def _apply_change(self, command: _Apply, now: float) -> None:
         try:
             command.change(self.engine, now)
@@ -532,13 +573,15 @@ class Daemon:
     # --- executing a step -----------------------------------------------------------------
 
     async def _execute(self, step: Step) -> None:
-        if step.transitions or step.cancel_requests or self._entries:
+        if step.transitions or step.cancel_requests or self._entries or self._inserts:
             entries, self._entries = self._entries, []
-            await self._commit(step, entries)
+            inserts, self._inserts = self._inserts, []
+            self._stored(await self._commit(step, entries, inserts))
             self._resolve_results(step.transitions)
         replies, self._replies = self._replies, []
         for reply in replies:
             reply.set(None)
+        answered, self._answered_client = self._answered_client, False
         for start in step.start:
             self._launch(start)
         for run_id in step.cancel:
@@ -553,21 +596,43 @@ class Daemon:
                 # Let the new attempts take their first step before the log lines
                 # are written: logging is not on the trigger-to-start path.
                 await anyio.lowlevel.checkpoint()
+                if answered:
+                    # The client's wake-up (a sync wake-up, from a socket write) put it
+                    # on this CPU, behind us: let it have its answer now rather than
+                    # after the log lines and the next commit (bench/latency).
+                    os.sched_yield()
             log_transitions(self.log, step.transitions, self.config.log.payloads)
 
-    async def _commit(self, step: Step, entries: Sequence[tuple[RunId, Entry, float]]) -> None:
-        """Persist, shielded from cancellation, retrying (without acting) while the disk fails."""
+    async def _commit(
+        self,
+        step: Step,
+        entries: Sequence[tuple[RunId, Entry, float]],
+        inserts: Sequence[NewRun],
+    ) -> dict[RunId, int]:
+        """Persist, shielded from cancellation, retrying (without acting) while the disk
+        fails. Returns the seqs of the runs inserted."""
         assert self._store is not None
         delay = 0.05
         while True:
             try:
                 with anyio.CancelScope(shield=True):
-                    await self._store.commit(step.transitions, step.cancel_requests, entries)
-                return
+                    return await self._store.commit(
+                        step.transitions, step.cancel_requests, entries, inserts
+                    )
             except StoreError as exc:
                 self.log.error("commit_failed", error=str(exc), retry_in_s=delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _stored(self, seqs: dict[RunId, int]) -> None:
+        """Runs handed in are stored: the engine learns their rows, and if nobody
+        else inserted in between, ingesting skips past them instead of reading them."""
+        if not seqs:
+            return
+        self.engine.stored(seqs)
+        first, last = min(seqs.values()), max(seqs.values())
+        if first == self._last_seq + 1 and last == self._last_seq + len(seqs):
+            self._last_seq = last
 
     def _launch(self, start: StartRun) -> None:
         if start.resumed:
@@ -747,8 +812,26 @@ class Daemon:
     async def submit_triggers(
         self, requests: Sequence[TriggerRequest], parent_id: str | None = None
     ) -> list[RunHandle]:
-        """Durably insert runs and have this daemon read them at once."""
-        return await self._producer.submit_triggers(requests, parent_id)
+        """Store runs durably and start them as their limits allow (``Task.trigger``)."""
+        runs = self._producer.build(requests, parent_id)
+        if handoff.eligible(runs) and await self.hand_in(runs, new_until=math.inf):
+            return [RunHandle(r.id, r.task) for r in runs]
+        return await self._producer.submit_runs(runs)
+
+    async def hand_in(self, runs: list[NewRun], *, new_until: float) -> bool:
+        """Adopt validated runs and return once they are stored, each with its start
+        when a slot is free (one transaction). False if the daemon is stopping or
+        could not read the database: the caller then stores them itself.
+        ``new_until``: see :func:`keyq.handoff.request`."""
+        if self._exit_loop or self._loop_done.is_set():
+            return False
+        reply: Slot[None] = Slot()
+        self._post(_Trigger(runs, new_until, reply))
+        try:
+            await reply.wait()
+        except StoreError:
+            return False
+        return True
 
     # --- operations ---------------------------------------------------------------------------
 

@@ -163,6 +163,13 @@ class Engine:
             self._dispatcher.push(run.id, run.queue, run.key, run.priority)
         return True
 
+    def stored(self, seqs: Mapping[RunId, int]) -> None:
+        """Runs submitted before their rows existed (handed in, seq 0) are stored."""
+        for run_id, seq in seqs.items():
+            run = self._runs.get(run_id)
+            if run is not None:
+                run.seq = seq
+
     def recover(self, specs: Iterable[RunSpec], now: float) -> Recovered:
         """Adopt the runs loaded at start-up, where they were.
 

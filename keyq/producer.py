@@ -1,10 +1,14 @@
-"""The one way runs enter keyq: a durable INSERT, then a poke to the daemon.
+"""How runs enter keyq: validated, then stored durably, then acknowledged.
 
 Clients, the CLI, the in-process daemon and tasks triggering children all go
 through :class:`Producer`: every trigger is validated first (nothing is stored
-if one item is bad), inserted in a single transaction, and acknowledged only
-after the commit. The poke afterwards only shortens the daemon's latency; if it
-is lost, the daemon still finds the row.
+if one item is bad) and acknowledged only once it is on disk. Two ways there:
+
+* handed to the running daemon (:mod:`keyq.handoff`), which stores each run
+  together with its start: the fast path, taken whenever the daemon is up;
+* the direct path: inserted in a single transaction here, then a poke to the
+  daemon. The poke only shortens the daemon's latency; if it is lost, the
+  daemon still finds the row.
 """
 
 from __future__ import annotations
@@ -50,10 +54,12 @@ class Producer:
         *,
         now: Callable[[], float],
         poke: Callable[[], None],
+        hand_off: Callable[[list[NewRun]], bool] | None = None,
     ) -> None:
         self._config = config
         self._now = now
         self._poke = poke
+        self._hand_off = hand_off  # True if the daemon took the runs (keyq.handoff)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one transaction at a time on our connection
 
@@ -64,17 +70,22 @@ class Producer:
     def trigger_sync(
         self, requests: Sequence[TriggerRequest], parent_id: str | None = None
     ) -> list[RunHandle]:
-        """Insert runs durably, then poke the daemon; blocking."""
-        handles = self.insert(requests, parent_id)
+        """Store runs durably, through the daemon if it takes them, else directly; blocking."""
+        runs = self.build(requests, parent_id)
+        if self._hand_off is not None and self._hand_off(runs):
+            return [RunHandle(r.id, r.task) for r in runs]
+        return self.store_and_poke(runs)
+
+    def store_and_poke(self, runs: list[NewRun]) -> list[RunHandle]:
+        """The direct path: insert durably, then poke the daemon; blocking."""
+        handles = self.store(runs)
         if any(h.is_new for h in handles):
             self._poke()
         return handles
 
-    async def submit_triggers(
-        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
-    ) -> list[RunHandle]:
-        """Insert runs durably in a worker thread, then poke the daemon from the loop."""
-        handles = await anyio.to_thread.run_sync(self.insert, requests, parent_id)
+    async def submit_runs(self, runs: list[NewRun]) -> list[RunHandle]:
+        """The direct path from async code: insert in a worker thread, then poke."""
+        handles = await anyio.to_thread.run_sync(self.store, runs)
         if any(h.is_new for h in handles):
             self._poke()
         return handles
@@ -83,8 +94,14 @@ class Producer:
         self, requests: Sequence[TriggerRequest], parent_id: str | None = None
     ) -> list[RunHandle]:
         """Validate and durably insert runs; blocking. Returns one handle per request."""
+        return self.store(self.build(requests, parent_id))
+
+    def build(
+        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
+    ) -> list[NewRun]:
+        """Validate triggers into the runs to store (TriggerError names the bad field)."""
         now = self._now()
-        runs = [
+        return [
             build_run(
                 task,
                 payload,
@@ -96,8 +113,12 @@ class Producer:
             )
             for task, payload, options in requests
         ]
+
+    def store(self, runs: list[NewRun]) -> list[RunHandle]:
+        """Insert validated runs in one transaction; blocking. A run whose id is
+        already stored (the daemon took it after all) is not stored twice."""
         with self._lock:
-            return self._commit(runs, now)
+            return self._commit(runs)
 
     def connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -111,11 +132,11 @@ class Producer:
                 self._conn.close()
                 self._conn = None
 
-    def _commit(self, runs: list[NewRun], now: float) -> list[RunHandle]:
+    def _commit(self, runs: list[NewRun]) -> list[RunHandle]:
         conn = self.connection()
         try:
             with map_store_errors(f"storing runs in {self.database}"), db.transaction(conn):
-                handles = _insert_runs(conn, runs, now)
+                handles = _insert_runs(conn, runs)
         except DatabaseBusyError as exc:
             raise DatabaseBusyError(
                 busy_message(self.database, self._config.lock_timeout_s)
@@ -123,7 +144,7 @@ class Producer:
         return handles
 
 
-def _insert_runs(conn: sqlite3.Connection, runs: list[NewRun], now: float) -> list[RunHandle]:
+def _insert_runs(conn: sqlite3.Connection, runs: list[NewRun]) -> list[RunHandle]:
     handles: list[RunHandle] = []
     plain: list[NewRun] = []
     seen: dict[tuple[str, str], str] = {}
@@ -141,11 +162,10 @@ def _insert_runs(conn: sqlite3.Connection, runs: list[NewRun], now: float) -> li
         plain.append(run)
         handles.append(RunHandle(run.id, run.task))
     conn.executemany(db.QUERIES["insert_run"], [new_run_params(r) for r in plain])
-    overrides = {r.queue: r.queue_limit for r in plain if r.queue_limit is not None}
-    conn.executemany(
-        db.QUERIES["set_queue_limit_from_trigger"],
-        [(queue, limit, now) for queue, limit in overrides.items()],
-    )
+    overrides = {
+        r.queue: (r.queue, r.queue_limit, r.created_at) for r in plain if r.queue_limit is not None
+    }
+    conn.executemany(db.QUERIES["set_queue_limit_from_trigger"], overrides.values())
     return handles
 
 

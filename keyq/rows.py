@@ -167,6 +167,24 @@ def spec_from_row(row: tuple[Any, ...]) -> RunSpec:
     )
 
 
+def spec_from_new(run: NewRun) -> RunSpec:
+    """The RunSpec of a run handed to the daemon, before its row exists (seq 0)."""
+    return RunSpec(
+        id=run.id,
+        seq=0,
+        task=run.task,
+        queue=run.queue,
+        concurrency_key=run.concurrency_key,
+        priority=run.priority,
+        payload=run.payload,
+        max_attempts=run.max_attempts,
+        state=run.state,
+        available_at=run.available_at,
+        created_at=run.created_at,
+        parent_id=run.parent_id,
+    )
+
+
 def run_json(row: sqlite3.Row, *, events: bool = False) -> dict[str, Any]:
     """The public JSON of a run (SPEC §9); ``events`` adds the timeline."""
     error = error_from_json(row["error"])

@@ -34,9 +34,10 @@ from keyq.errors import is_busy, map_store_errors
 from keyq.journal import Entry
 from keyq.model import CancelRequest, ChildResult, RunId, RunSpec, Transition, WaitToken
 from keyq.results import WaitToken as TokenHandle
-from keyq.rows import error_from_json, spec_from_row, transition_params
+from keyq.rows import error_from_json, new_run_params, spec_from_row, transition_params
 from keyq.states import ACTIVE_ORDER, RunState
 from keyq.tokens import TokenRow, token_from_row
+from keyq.triggers import NewRun
 
 Q = db.QUERIES
 INLINE_ROWS = 64  # a commit writing more rows than this goes to a worker thread
@@ -135,12 +136,21 @@ class SqliteStore:
         transitions: Sequence[Transition],
         cancel_requests: Sequence[CancelRequest] = (),
         entries: Sequence[tuple[RunId, Entry, float]] = (),
-    ) -> None:
-        """Persist transitions (in order), cancel requests and journal entries, in
-        one transaction. A token wait ended by its timeout marks the token timed
-        out in the same transaction, so the token and its waiters always agree."""
+        inserts: Sequence[NewRun] = (),
+    ) -> dict[RunId, int]:
+        """Persist new runs, transitions (in order), cancel requests and journal
+        entries, in one transaction. A token wait ended by its timeout marks the
+        token timed out in the same transaction, so the token and its waiters
+        always agree.
+
+        ``inserts`` are runs handed in: the engine knows them with seq 0, so
+        their transitions and cancel requests here say 0 too, and get the seq
+        their INSERT was given. Returns those seqs by run id. A run whose id is
+        already stored (stored directly by a client that heard no answer) is
+        not inserted again: its transitions apply to that row.
+        """
         params = [transition_params(t) for t in transitions]
-        marks = [(c.at, c.seq) for c in cancel_requests]
+        new_rows = [(r.id, new_run_params(r)) for r in inserts]
         journal = [(run_id, e.position, e.kind, e.name, e.data, at) for run_id, e, at in entries]
         expired = [
             (t.at, t.wait.token_id)
@@ -148,18 +158,30 @@ class SqliteStore:
             if t.reason == "token_timeout" and isinstance(t.wait, WaitToken)
         ]
 
-        def write() -> None:
+        def write() -> dict[RunId, int]:
             conn = self._conn
-            conn.executemany(Q["apply_transition"], params)
-            if marks:
+            # Built here, not outside: a write may run twice (inline, then in the
+            # thread), and the second one's INSERTs may be given other seqs.
+            seqs = _insert(conn, new_rows) if new_rows else {}
+            rows = _with_seqs(params, seqs, transitions) if seqs else params
+            conn.executemany(Q["apply_transition"], rows)
+            if cancel_requests:
+                marks = [(c.at, c.seq or seqs[c.run_id]) for c in cancel_requests]
                 conn.executemany(Q["mark_cancel_requested"], marks)
             if journal:
                 conn.executemany(Q["insert_journal_entry"], journal)
             if expired:
                 conn.executemany(Q["time_out_token"], expired)
+            return seqs
 
-        rows = len(params) + len(marks) + len(journal)
-        await self._write(f"recording {len(params)} transitions", rows, write)
+        rows = len(new_rows) + len(params) + len(cancel_requests) + len(journal)
+        return await self._write(f"recording {len(params)} transitions", rows, write)
+
+    async def stored_ids(self, run_ids: Sequence[RunId]) -> set[RunId]:
+        """Which of these run ids have a row."""
+        async with self._exclusive("looking up run ids"):
+            rows = self._conn.execute(Q["select_stored_ids"], (json.dumps(run_ids),))
+            return {r[0] for r in rows}
 
     async def load_journal(self, run_id: RunId) -> list[Entry]:
         """The run's recorded waits and steps, by position."""
@@ -221,3 +243,26 @@ class SqliteStore:
             [dict(zip(queue_cols, r, strict=True)) for r in queues],
             [dict(zip(key_cols, r, strict=True)) for r in keys],
         )
+
+
+def _insert(
+    conn: sqlite3.Connection, rows: list[tuple[RunId, tuple[Any, ...]]]
+) -> dict[RunId, int]:
+    """Insert runs handed in; their seqs by id (an id already stored keeps its row)."""
+    seqs: dict[RunId, int] = {}
+    for run_id, params in rows:
+        cursor = conn.execute(Q["insert_run"], params)
+        if cursor.rowcount == 1 and cursor.lastrowid is not None:
+            seqs[run_id] = cursor.lastrowid
+        else:
+            (seqs[run_id],) = conn.execute(Q["seq_of_run"], (run_id,)).fetchone()
+    return seqs
+
+
+def _with_seqs(
+    params: list[tuple[Any, ...]], seqs: dict[RunId, int], transitions: Sequence[Transition]
+) -> list[tuple[Any, ...]]:
+    """Transition params with each seq 0 (a run handed in) replaced by its row's seq."""
+    return [
+        p if p[-1] else (*p[:-1], seqs[t.run_id]) for p, t in zip(params, transitions, strict=True)
+    ]

@@ -1,9 +1,18 @@
 -- Named queries, loaded by keyq.db.QUERIES. One statement each.
 
 -- name: insert_run
+-- Run ids are chosen by the producer: a run handed to the daemon and also stored
+-- directly (its answer was lost) is stored once (keyq/handoff.py).
 INSERT INTO runs (id, task, queue, concurrency_key, status, priority, max_attempts, payload,
                   tags, idempotency_key, queue_limit, parent_id, created_at, available_at, events)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: select_stored_ids
+SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(?));
+
+-- name: seq_of_run
+SELECT seq FROM runs WHERE id = ?;
 
 -- name: find_idempotent
 SELECT id FROM runs WHERE task = ? AND idempotency_key = ?;

@@ -11,9 +11,6 @@ from typer.testing import CliRunner
 
 from keyq.cli import app
 
-# keyq/control.py Poker leaks a socket per trigger when no daemon listens (see
-# test_cli_no_daemon.py, which exposes it); keep that one bug from failing every test here.
-
 Project = Any
 
 

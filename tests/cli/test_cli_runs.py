@@ -14,9 +14,6 @@ from keyq.model import ErrorInfo, Transition
 from keyq.rows import transition_params
 from keyq.states import FAILED, QUEUED, RUNNING
 
-# keyq/control.py Poker leaks a socket per trigger when no daemon listens (see
-# test_cli_no_daemon.py, which exposes it); keep that one bug from failing every test here.
-
 Project = Any
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 SPEC_FIELDS = {

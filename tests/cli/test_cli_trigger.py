@@ -10,9 +10,6 @@ import pytest
 
 from keyq.instance import daemon_running
 
-# keyq/control.py Poker leaks a socket per trigger when no daemon listens (see
-# test_cli_no_daemon.py, which exposes it); keep that one bug from failing every test here.
-
 RUN_ID = re.compile(r"^run_[0-9a-z]{26}$")
 Project = Any
 

@@ -191,6 +191,51 @@ def test_e2e__kill9_mid_run_loses_nothing_and_completes_once(project: Project) -
     assert second.terminate() == 0
 
 
+@pytest.mark.timeout(90)
+def test_e2e__kill9_while_a_producer_triggers_loses_and_doubles_nothing(project: Project) -> None:
+    """A producer triggers one run at a time while the daemon is killed -9 and restarted.
+    Its triggers are handed to the daemon, then stored directly while it is down, then
+    handed again: every run it was told of is stored once and completes once, and no
+    other run appears."""
+    first = project.start_daemon()
+    producer = subprocess.Popen(
+        [sys.executable, str(E2E_DIR / "e2e_producer.py"), str(project.config), "150", "k"],
+        cwd=project.root,
+        env=subprocess_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert producer.stdin is not None
+    assert producer.stdout is not None
+    try:
+        assert producer.stdout.readline() == "ready\n"
+        producer.stdin.write("go\n")
+        producer.stdin.flush()
+        ids = [producer.stdout.readline().strip() for _ in range(40)]
+        first.kill9()
+        ids += [producer.stdout.readline().strip() for _ in range(40)]
+        second = project.start_daemon()
+        out, err = producer.communicate(timeout=60)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.communicate()
+    assert producer.returncode == 0, err
+    ids += out.split()
+    assert len(ids) == 150
+    assert all(RUN_ID.fullmatch(i) for i in ids), ids
+
+    client = project.client()
+    runs = wait_final(client, ids, timeout=30)
+    assert sorted(r["id"] for r in client.list_runs(limit=1000)) == sorted(ids)
+    for run in runs:
+        assert run["status"] == "completed", run
+        assert [e["to"] for e in run["events"]].count("completed") == 1, run["events"]
+    assert second.terminate() == 0
+
+
 def test_e2e__second_daemon_on_same_database_is_refused(project: Project) -> None:
     """A second `keyq serve` on the same database exits non-zero naming the running daemon."""
     first = project.start_daemon()

@@ -114,11 +114,11 @@ def test_producer__trigger_sync_pokes_once_per_batch(
 
 
 @pytest.mark.anyio
-async def test_producer__submit_triggers_is_durable_on_return(
+async def test_producer__submit_runs_is_durable_on_return(
     producer: Producer, tasks: dict[str, Task], rows: Rows, pokes: Any
 ) -> None:
-    """The async path returns handles only once the runs are on disk, then pokes."""
-    handles = await producer.submit_triggers([(tasks["email"], {"to": "a@b"}, {})])
+    """The async direct path returns handles only once the runs are on disk, then pokes."""
+    handles = await producer.submit_runs(producer.build([(tasks["email"], {"to": "a@b"}, {})]))
     assert [r["id"] for r in rows()] == [h.id for h in handles]
     assert pokes.count == 1
 
