@@ -5,9 +5,11 @@ loop (SPEC §10); ``keyq serve`` runs the same object under signals. One main
 loop owns the engine::
 
     while running:
-        ingest new rows if poked; apply what attempts and operators posted
+        ingest new rows if poked; apply what attempts, operators and
+        clients posted (runs handed in: keyq.handoff)
         step = engine.tick(now)
-        commit step.transitions (one transaction), THEN start/cancel attempts
+        commit new runs and step.transitions (one transaction),
+        THEN answer, start/cancel attempts
         sleep until the next deadline or until something is posted
 
 The write-ahead rule: no run starts, and no outcome is acknowledged, before
