@@ -68,19 +68,25 @@ async def test_handoff__a_trigger_returns_with_its_run_stored_and_started(
     assert gate.started == 1
 
 
-async def test_handoff__runs_sent_again_are_stored_and_run_once(
-    config: Config, registry: Registry
-) -> None:
-    """A client that heard no answer may send the same runs again: one row, one attempt."""
+@pytest.fixture
+def gate(registry: Registry) -> Gate:
+    """A task "counted" that counts its attempts in the returned Gate."""
     gate = Gate()
 
     @registry.task(id="counted")
     async def counted(payload: Any, ctx: keyq.Context) -> None:
         gate.started += 1
 
+    return gate
+
+
+async def test_handoff__runs_sent_again_are_stored_and_run_once(
+    config: Config, registry: Registry, gate: Gate
+) -> None:
+    """A client that heard no answer may send the same runs again: one row, one attempt."""
     async with keyq.Daemon(config, registry=registry) as daemon:
         with keyq.Client(config, registry=registry) as client:
-            runs = client._producer.build([(counted, {"n": 1}, {})])
+            runs = client._producer.build([(registry.get("counted"), {"n": 1}, {})])
             encoded = handoff.encode(runs)
             assert encoded is not None
             first = await anyio.to_thread.run_sync(
@@ -101,19 +107,13 @@ async def test_handoff__runs_sent_again_are_stored_and_run_once(
 
 
 async def test_handoff__runs_the_client_stored_itself_are_not_run_twice(
-    config: Config, registry: Registry
+    config: Config, registry: Registry, gate: Gate
 ) -> None:
     """No answer in time, so the client stored the runs directly; the daemon, reading the
     late request afterwards, finds them stored and leaves them to the copy it ingested."""
-    gate = Gate()
-
-    @registry.task(id="counted")
-    async def counted(payload: Any, ctx: keyq.Context) -> None:
-        gate.started += 1
-
     async with keyq.Daemon(config, registry=registry) as daemon:
         with keyq.Client(config, registry=registry) as client:
-            runs = client._producer.build([(counted, {"n": 1}, {})] * 3)
+            runs = client._producer.build([(registry.get("counted"), {"n": 1}, {})] * 3)
             encoded = handoff.encode(runs)
             assert encoded is not None
             await anyio.to_thread.run_sync(client._producer.store_and_poke, runs)

@@ -41,6 +41,19 @@ def sleep_items(keys: list[str], per_key: int, seconds: float) -> list[dict[str,
     ]
 
 
+def start_producer(project: Project, count: int, key: str) -> subprocess.Popen[str]:
+    """e2e_producer.py: prints "ready", then triggers ``count`` runs on a line on stdin."""
+    return subprocess.Popen(
+        [sys.executable, str(E2E_DIR / "e2e_producer.py"), str(project.config), str(count), key],
+        cwd=project.root,
+        env=subprocess_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def intervals(runs: list[dict[str, Any]]) -> list[tuple[float, float]]:
     return [(r["result"]["start"], r["result"]["end"]) for r in runs]
 
@@ -198,15 +211,7 @@ def test_e2e__kill9_while_a_producer_triggers_loses_and_doubles_nothing(project:
     handed again: every run it was told of is stored once and completes once, and no
     other run appears."""
     first = project.start_daemon()
-    producer = subprocess.Popen(
-        [sys.executable, str(E2E_DIR / "e2e_producer.py"), str(project.config), "150", "k"],
-        cwd=project.root,
-        env=subprocess_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    producer = start_producer(project, 150, "k")
     assert producer.stdin is not None
     assert producer.stdout is not None
     try:
@@ -310,18 +315,7 @@ def test_e2e__retries_then_completes_and_final_failure(project: Project) -> None
 def test_e2e__many_producers_never_see_database_is_locked(project: Project) -> None:
     """Eight producer processes triggering one run at a time never see "database is locked"."""
     project.start_daemon()
-    producers = [
-        subprocess.Popen(
-            [sys.executable, str(E2E_DIR / "e2e_producer.py"), str(project.config), "100", f"p{i}"],
-            cwd=project.root,
-            env=subprocess_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(8)
-    ]
+    producers = [start_producer(project, 100, f"p{i}") for i in range(8)]
     try:
         for p in producers:
             assert p.stdout is not None
