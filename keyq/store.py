@@ -163,8 +163,8 @@ class SqliteStore:
             # Built here, not outside: a write may run twice (inline, then in the
             # thread), and the second one's INSERTs may be given other seqs.
             seqs = _insert(conn, new_rows) if new_rows else {}
-            rows = _with_seqs(params, seqs, transitions) if seqs else params
-            conn.executemany(Q["apply_transition"], rows)
+            updates = _with_seqs(params, seqs, transitions) if seqs else params
+            conn.executemany(Q["apply_transition"], updates)
             if cancel_requests:
                 marks = [(c.at, c.seq or seqs[c.run_id]) for c in cancel_requests]
                 conn.executemany(Q["mark_cancel_requested"], marks)
