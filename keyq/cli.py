@@ -23,6 +23,7 @@ from keyq.client import Client
 from keyq.config import Config, load_config
 from keyq.daemon import Daemon
 from keyq.errors import KeyqError
+from keyq.eventloop import new_event_loop
 from keyq.logs import configure_logging
 from keyq.registry import default_registry
 from keyq.views import (
@@ -142,7 +143,7 @@ def serve(config: ConfigOpt = None, apps: AppOpt = None) -> None:
     if not default_registry.tasks:
         fail("no tasks defined: pass --app MODULE or set `tasks = [...]` in the config")
     with errors_reported():
-        anyio.run(Daemon(cfg).serve)
+        anyio.run(Daemon(cfg).serve, backend_options={"loop_factory": new_event_loop})
 
 
 @app.command()
