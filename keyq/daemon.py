@@ -77,7 +77,7 @@ from keyq.results import WaitToken as TokenHandle
 from keyq.rows import spec_from_new
 from keyq.runner import error_info, run_attempt
 from keyq.settings import key_settings, queue_settings
-from keyq.slots import Slot
+from keyq.slots import Reply, Slot
 from keyq.states import DELAYED, FAILED, FINAL, QUEUED, RunState
 from keyq.store import SqliteStore
 from keyq.timers import Deadlines
@@ -126,7 +126,7 @@ class _Apply:
 class _Trigger:
     runs: list[NewRun]
     new_until: float  # keyq.handoff.request: until when they cannot be stored elsewhere
-    reply: Slot[None]
+    reply: Reply[None]
 
 
 _Command = _Finished | _Waiting | _Record | _Cancel | _Apply | _Trigger
@@ -157,7 +157,7 @@ class Daemon:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack = AsyncExitStack()
         self._inbox: list[_Command] = []
-        self._replies: list[Slot[None]] = []
+        self._replies: list[Reply[None]] = []
         self._wake = anyio.Event()
         self._poked = True
         self._next_poll_at = 0.0
@@ -825,14 +825,22 @@ class Daemon:
         when a slot is free (one transaction). False if the daemon is stopping or
         could not read the database: the caller then stores them itself.
         ``new_until``: see :func:`keyq.handoff.request`."""
-        if self._exit_loop or self._loop_done.is_set():
-            return False
         reply: Slot[None] = Slot()
-        self._post(_Trigger(runs, new_until, reply))
+        if not self.post_trigger(runs, new_until, reply):
+            return False
         try:
             await reply.wait()
         except StoreError:
             return False
+        return True
+
+    def post_trigger(self, runs: list[NewRun], new_until: float, reply: Reply[None]) -> bool:
+        """:meth:`hand_in` without waiting: ``reply`` is set once the runs are stored,
+        or failed with the StoreError that kept them from being adopted. False (and
+        ``reply`` never called) if the daemon is stopping."""
+        if self._exit_loop or self._loop_done.is_set():
+            return False
+        self._post(_Trigger(runs, new_until, reply))
         return True
 
     # --- operations ---------------------------------------------------------------------------

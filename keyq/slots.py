@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import anyio
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Reply(Protocol[T_contra]):
+    """Where the daemon's loop puts the outcome of a command: a :class:`Slot` an
+    awaiting caller holds, or an answer written straight to a client (keyq.control)."""
+
+    def set(self, value: T_contra) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
 
 
 class Slot(Generic[T]):

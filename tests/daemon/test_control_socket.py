@@ -11,7 +11,7 @@ import pytest
 from support import deadline
 
 import keyq
-from keyq import control
+from keyq import control, handoff
 from keyq.config import Config
 from keyq.registry import Registry
 
@@ -62,3 +62,92 @@ async def test_control__bad_requests_get_an_answer_and_the_daemon_stays_up(
     assert [a and a["ok"] for a in answers[:4]] == [False, False, False, False]
     assert "bad request" in answers[1]["error"]  # type: ignore[index]
     assert stats["ok"] is True
+
+
+def read_lines(sock: socket.socket, count: int) -> list[dict[str, Any]]:
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return [json.loads(line) for line in data.splitlines()]
+
+
+async def test_control__answers_come_in_the_order_asked(config: Config, registry: Registry) -> None:
+    """Requests sent back to back on one connection are answered in order, though some are
+    answered at once (a bad line) and others only after the daemon's loop (a cancel, a
+    trigger): a client pairs each answer with its request by position."""
+
+    @registry.task(id="ping")
+    async def ping(payload: Any, ctx: keyq.Context) -> str:
+        return "pong"
+
+    async with keyq.Daemon(config, registry=registry) as daemon:
+        with keyq.Client(config, registry=registry) as client:
+            runs = client._producer.build([(registry.get("ping"), {}, {})])
+        encoded = handoff.encode(runs)
+        assert encoded is not None
+        requests = [
+            b'{"op": "cancel", "run_id": "run_missing"}\n',
+            b"not json\n",
+            handoff.request(encoded, False),
+            b'{"op": "nope"}\n',
+            b'{"op": "stats"}\n',
+        ]
+
+        def pipelined() -> list[dict[str, Any]]:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(str(daemon.socket_path))
+                sock.sendall(b"".join(requests))
+                return read_lines(sock, len(requests))
+
+        answers = await anyio.to_thread.run_sync(pipelined)
+        async with deadline():
+            assert (await daemon.result(runs[0].id)).output == "pong"
+
+    assert [a["ok"] for a in answers] == [False, False, True, False, True]
+    assert answers[0]["type"] == "RunNotFoundError"
+    assert "bad request" in answers[1]["error"]
+    assert "unknown op" in answers[3]["error"]
+    assert "stats" in answers[4]
+
+
+async def test_control__an_endless_line_closes_that_connection_only(
+    config: Config, registry: Registry
+) -> None:
+    """A client that sends more than a request can be without a newline is cut off;
+    the daemon and its other clients go on."""
+    async with keyq.Daemon(config, registry=registry) as daemon:
+
+        def flood() -> bytes:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(str(daemon.socket_path))
+                try:
+                    sock.sendall(b"x" * (control.MAX_LINE + 4096))
+                except (BrokenPipeError, ConnectionResetError):
+                    return b""
+                return sock.recv(4096)
+
+        assert await anyio.to_thread.run_sync(flood) == b""
+        stats = await anyio.to_thread.run_sync(control.request, daemon.socket_path, {"op": "stats"})
+    assert stats["ok"] is True
+
+
+async def test_control__a_daemon_that_stops_closes_its_connections(
+    config: Config, registry: Registry
+) -> None:
+    """A kept-open client connection ends when the daemon stops (the client then stores
+    its runs directly, keyq/handoff.py), and the socket file is gone."""
+    async with keyq.Daemon(config, registry=registry) as daemon:
+        path = daemon.socket_path
+        assert path is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        await anyio.to_thread.run_sync(sock.connect, str(path))
+        sock.sendall(b'{"op": "stats"}\n')
+        assert (await anyio.to_thread.run_sync(read_lines, sock, 1))[0]["ok"] is True
+    with sock:
+        assert await anyio.to_thread.run_sync(sock.recv, 4096) == b""
+    assert not path.exists()
