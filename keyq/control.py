@@ -55,25 +55,24 @@ async def serve_control(
     """
     _remove(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connections: set[_Connection] = set()
+    server: asyncio.Server | None = None
     try:
         previous = os.umask(0o177)  # the socket is created owner-only, never briefly open
         try:
             listener.bind(os.fspath(path))
         finally:
             os.umask(previous)
-        listener.listen(128)
-    except BaseException:
-        listener.close()
-        raise
-    connections: set[_Connection] = set()
-    server = await asyncio.get_running_loop().create_unix_server(
-        lambda: _Connection(daemon, connections), sock=listener
-    )
-    task_status.started()
-    try:
+        server = await asyncio.get_running_loop().create_unix_server(
+            lambda: _Connection(daemon, connections), sock=listener, backlog=128
+        )
+        task_status.started()
         await anyio.sleep_forever()
     finally:
-        server.close()
+        if server is None:
+            listener.close()
+        else:
+            server.close()
         for connection in list(connections):
             connection.close()
         _remove(path)
@@ -93,8 +92,9 @@ class _Answer:
         self.line: bytes | None = None
 
     def give(self, answer: dict[str, Any]) -> None:
-        self.line = json.dumps(answer).encode() + b"\n"
-        self._connection.flush()
+        if self.line is None:  # the first word stands
+            self.line = json.dumps(answer).encode() + b"\n"
+            self._connection.flush()
 
     def set(self, value: None) -> None:
         self.give({"ok": True})
@@ -119,10 +119,14 @@ class _Connection(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading = True
         self._writing = True
+        self._eof = False  # the client sent all it will: close once it has its answers
+        self._closed = False
+        connections.add(self)  # now, not at connection_made: shutdown must find it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._connections.add(self)
+        if self._closed:  # the daemon stopped between accepting and this call
+            self._transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
@@ -130,9 +134,22 @@ class _Connection(asyncio.Protocol):
         for task in self._tasks:
             task.cancel()
 
+    def eof_received(self) -> bool:
+        """A client may send its requests and shut its side (``nc -N``): it still
+        gets its answers, then the connection closes."""
+        self._eof = True
+        self.flush()
+        return True  # keep the transport open for the answers
+
     def close(self) -> None:
+        """Close now; answers already written still go out, unless the client does
+        not read them (then they are dropped rather than keeping the connection)."""
+        self._closed = True
         if self._transport is not None:
-            self._transport.close()
+            if self._transport.get_write_buffer_size():
+                self._transport.abort()
+            else:
+                self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -148,7 +165,7 @@ class _Connection(asyncio.Protocol):
         try:
             request = json.loads(line)
             op = request["op"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # [[[[... nests too deep
             answer = self._owe()
             answer.give({"ok": False, "error": "bad request: expected a JSON object with an 'op'"})
             return
@@ -207,6 +224,8 @@ class _Connection(asyncio.Protocol):
             self._owed.popleft()
             if self._transport is not None:
                 self._transport.write(line)  # sent now when the socket takes it
+        if self._eof and not self._owed and self._transport is not None:
+            self._transport.close()
         self._pace()
 
     def pause_writing(self) -> None:

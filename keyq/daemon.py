@@ -448,9 +448,12 @@ class Daemon:
         for command in inbox:
             try:
                 await self._apply(command, now)
-            except Exception:
-                # One bad command must not take every other run down with the daemon.
+            except Exception as exc:
+                # One bad command must not take every other run down with the daemon,
+                # nor leave its caller (or a client's later answers) waiting.
                 self.log.exception("command_failed", command=type(command).__name__)
+                if not isinstance(command, _Finished | _Waiting):
+                    command.reply.fail(exc)
 
     async def _apply(self, command: _Command, now: float) -> None:
         if isinstance(command, _Finished):

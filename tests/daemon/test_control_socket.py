@@ -151,3 +151,86 @@ async def test_control__a_daemon_that_stops_closes_its_connections(
     with sock:
         assert await anyio.to_thread.run_sync(sock.recv, 4096) == b""
     assert not path.exists()
+
+
+def exchange(path: Any, requests: list[bytes], *, half_close: bool = False) -> list[dict[str, Any]]:
+    """Send the requests back to back on one connection; read every answer until EOF
+    (after a half-close) or until there is one per request."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(b"".join(requests))
+        if not half_close:
+            return read_lines(sock, len(requests))
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        return [json.loads(line) for line in data.splitlines()]
+
+
+async def test_control__a_client_that_shuts_its_side_still_gets_every_answer(
+    config: Config, registry: Registry
+) -> None:
+    """`printf '...' | nc -U -N keyq.db.sock`: the requests, then EOF. The answers
+    the daemon owes, even those it gives only after a commit, still arrive."""
+
+    @registry.task(id="ping")
+    async def ping(payload: Any, ctx: keyq.Context) -> str:
+        return "pong"
+
+    async with keyq.Daemon(config, registry=registry) as daemon:
+        with keyq.Client(config, registry=registry) as client:
+            runs = client._producer.build([(registry.get("ping"), {}, {})])
+        encoded = handoff.encode(runs)
+        assert encoded is not None
+        requests = [
+            handoff.request(encoded, False),
+            b'{"op": "cancel", "run_id": "run_missing"}\n',
+            b'{"op": "stats"}\n',
+        ]
+        answers = await anyio.to_thread.run_sync(
+            lambda: exchange(daemon.socket_path, requests, half_close=True)
+        )
+        async with deadline():
+            assert (await daemon.result(runs[0].id)).output == "pong"
+
+    assert [a["ok"] for a in answers] == [True, False, True]
+
+
+async def test_control__a_line_nested_too_deep_is_refused_and_the_connection_goes_on(
+    config: Config, registry: Registry
+) -> None:
+    """JSON nested deeper than the parser's recursion limit is a bad request like any other."""
+    async with keyq.Daemon(config, registry=registry) as daemon:
+        requests = [b"[" * 20_000 + b"\n", b'{"op": "stats"}\n']
+        answers = await anyio.to_thread.run_sync(exchange, daemon.socket_path, requests)
+    assert [a["ok"] for a in answers] == [False, True]
+    assert "bad request" in answers[0]["error"]
+
+
+async def test_control__a_trigger_the_daemon_fails_on_is_answered_and_the_rest_goes_on(
+    config: Config, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in adopting a trigger fails that request (the client then stores the runs
+    itself); it must not hold back the connection's later answers."""
+
+    @registry.task(id="ping")
+    async def ping(payload: Any, ctx: keyq.Context) -> str:
+        return "pong"
+
+    async with keyq.Daemon(config, registry=registry) as daemon:
+
+        def broken(spec: object) -> bool:
+            raise RuntimeError("adoption bug")
+
+        monkeypatch.setattr(daemon.engine, "submit", broken)
+        with keyq.Client(config, registry=registry) as client:
+            runs = client._producer.build([(registry.get("ping"), {}, {})])
+        encoded = handoff.encode(runs)
+        assert encoded is not None
+        requests = [handoff.request(encoded, False), b'{"op": "stats"}\n']
+        answers = await anyio.to_thread.run_sync(exchange, daemon.socket_path, requests)
+
+    assert [a["ok"] for a in answers] == [False, True]
+    assert "adoption bug" in answers[0]["error"]
