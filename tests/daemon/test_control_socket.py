@@ -13,7 +13,7 @@ from support import deadline
 import keyq
 from keyq import control, handoff
 from keyq.config import Config
-from keyq.registry import Registry
+from keyq.registry import Registry, Task
 
 pytestmark = pytest.mark.anyio
 
@@ -32,15 +32,53 @@ def ask(path: Any, raw: bytes, *, read: bool = True) -> dict[str, Any] | None:
         return answer
 
 
-async def test_control__bad_requests_get_an_answer_and_the_daemon_stays_up(
-    config: Config, registry: Registry
-) -> None:
-    """Malformed lines, missing fields and clients that hang up never stop the daemon."""
+def read_lines(sock: socket.socket, count: int) -> list[dict[str, Any]]:
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return [json.loads(line) for line in data.splitlines()]
 
+
+def exchange(path: Any, requests: list[bytes], *, half_close: bool = False) -> list[dict[str, Any]]:
+    """Send the requests back to back on one connection; read every answer until EOF
+    (after a half-close) or until there is one per request."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(b"".join(requests))
+        if not half_close:
+            return read_lines(sock, len(requests))
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        return [json.loads(line) for line in data.splitlines()]
+
+
+@pytest.fixture
+def ping(registry: Registry) -> Task:
     @registry.task(id="ping")
     async def ping(payload: Any, ctx: keyq.Context) -> str:
         return "pong"
 
+    return registry.get("ping")
+
+
+def trigger_request(config: Config, registry: Registry, task: Task) -> tuple[str, bytes]:
+    """A hand-off request for one new run of ``task``, as a client sends it: (run id, line)."""
+    with keyq.Client(config, registry=registry) as client:
+        (run,) = client._producer.build([(task, {}, {})])
+    encoded = handoff.encode([run])
+    assert encoded is not None
+    return run.id, handoff.request(encoded, False)
+
+
+async def test_control__bad_requests_get_an_answer_and_the_daemon_stays_up(
+    config: Config, registry: Registry, ping: Task
+) -> None:
+    """Malformed lines, missing fields and clients that hang up never stop the daemon."""
     async with keyq.Daemon(config, registry=registry) as daemon:
         path = daemon.socket_path
 
@@ -64,47 +102,24 @@ async def test_control__bad_requests_get_an_answer_and_the_daemon_stays_up(
     assert stats["ok"] is True
 
 
-def read_lines(sock: socket.socket, count: int) -> list[dict[str, Any]]:
-    data = b""
-    while data.count(b"\n") < count:
-        chunk = sock.recv(4096)
-        assert chunk, f"connection closed after {data!r}"
-        data += chunk
-    return [json.loads(line) for line in data.splitlines()]
-
-
-async def test_control__answers_come_in_the_order_asked(config: Config, registry: Registry) -> None:
+async def test_control__answers_come_in_the_order_asked(
+    config: Config, registry: Registry, ping: Task
+) -> None:
     """Requests sent back to back on one connection are answered in order, though some are
     answered at once (a bad line) and others only after the daemon's loop (a cancel, a
     trigger): a client pairs each answer with its request by position."""
-
-    @registry.task(id="ping")
-    async def ping(payload: Any, ctx: keyq.Context) -> str:
-        return "pong"
-
     async with keyq.Daemon(config, registry=registry) as daemon:
-        with keyq.Client(config, registry=registry) as client:
-            runs = client._producer.build([(registry.get("ping"), {}, {})])
-        encoded = handoff.encode(runs)
-        assert encoded is not None
+        run_id, trigger = trigger_request(config, registry, ping)
         requests = [
             b'{"op": "cancel", "run_id": "run_missing"}\n',
             b"not json\n",
-            handoff.request(encoded, False),
+            trigger,
             b'{"op": "nope"}\n',
             b'{"op": "stats"}\n',
         ]
-
-        def pipelined() -> list[dict[str, Any]]:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(5)
-                sock.connect(str(daemon.socket_path))
-                sock.sendall(b"".join(requests))
-                return read_lines(sock, len(requests))
-
-        answers = await anyio.to_thread.run_sync(pipelined)
+        answers = await anyio.to_thread.run_sync(exchange, daemon.socket_path, requests)
         async with deadline():
-            assert (await daemon.result(runs[0].id)).output == "pong"
+            assert (await daemon.result(run_id)).output == "pong"
 
     assert [a["ok"] for a in answers] == [False, False, True, False, True]
     assert answers[0]["type"] == "RunNotFoundError"
@@ -153,47 +168,19 @@ async def test_control__a_daemon_that_stops_closes_its_connections(
     assert not path.exists()
 
 
-def exchange(path: Any, requests: list[bytes], *, half_close: bool = False) -> list[dict[str, Any]]:
-    """Send the requests back to back on one connection; read every answer until EOF
-    (after a half-close) or until there is one per request."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(str(path))
-        sock.sendall(b"".join(requests))
-        if not half_close:
-            return read_lines(sock, len(requests))
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(4096):
-            data += chunk
-        return [json.loads(line) for line in data.splitlines()]
-
-
 async def test_control__a_client_that_shuts_its_side_still_gets_every_answer(
-    config: Config, registry: Registry
+    config: Config, registry: Registry, ping: Task
 ) -> None:
     """`printf '...' | nc -U -N keyq.db.sock`: the requests, then EOF. The answers
     the daemon owes, even those it gives only after a commit, still arrive."""
-
-    @registry.task(id="ping")
-    async def ping(payload: Any, ctx: keyq.Context) -> str:
-        return "pong"
-
     async with keyq.Daemon(config, registry=registry) as daemon:
-        with keyq.Client(config, registry=registry) as client:
-            runs = client._producer.build([(registry.get("ping"), {}, {})])
-        encoded = handoff.encode(runs)
-        assert encoded is not None
-        requests = [
-            handoff.request(encoded, False),
-            b'{"op": "cancel", "run_id": "run_missing"}\n',
-            b'{"op": "stats"}\n',
-        ]
+        run_id, trigger = trigger_request(config, registry, ping)
+        requests = [trigger, b'{"op": "cancel", "run_id": "run_missing"}\n', b'{"op": "stats"}\n']
         answers = await anyio.to_thread.run_sync(
             lambda: exchange(daemon.socket_path, requests, half_close=True)
         )
         async with deadline():
-            assert (await daemon.result(runs[0].id)).output == "pong"
+            assert (await daemon.result(run_id)).output == "pong"
 
     assert [a["ok"] for a in answers] == [True, False, True]
 
@@ -210,26 +197,18 @@ async def test_control__a_line_nested_too_deep_is_refused_and_the_connection_goe
 
 
 async def test_control__a_trigger_the_daemon_fails_on_is_answered_and_the_rest_goes_on(
-    config: Config, registry: Registry, monkeypatch: pytest.MonkeyPatch
+    config: Config, registry: Registry, ping: Task, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug in adopting a trigger fails that request (the client then stores the runs
     itself); it must not hold back the connection's later answers."""
-
-    @registry.task(id="ping")
-    async def ping(payload: Any, ctx: keyq.Context) -> str:
-        return "pong"
-
     async with keyq.Daemon(config, registry=registry) as daemon:
 
         def broken(spec: object) -> bool:
             raise RuntimeError("adoption bug")
 
         monkeypatch.setattr(daemon.engine, "submit", broken)
-        with keyq.Client(config, registry=registry) as client:
-            runs = client._producer.build([(registry.get("ping"), {}, {})])
-        encoded = handoff.encode(runs)
-        assert encoded is not None
-        requests = [handoff.request(encoded, False), b'{"op": "stats"}\n']
+        _, trigger = trigger_request(config, registry, ping)
+        requests = [trigger, b'{"op": "stats"}\n']
         answers = await anyio.to_thread.run_sync(exchange, daemon.socket_path, requests)
 
     assert [a["ok"] for a in answers] == [False, True]
