@@ -826,14 +826,15 @@ class Daemon:
     async def hand_in(self, runs: list[NewRun], *, new_until: float) -> bool:
         """Adopt validated runs and return once they are stored, each with its start
         when a slot is free (one transaction). False if the daemon is stopping or
-        could not read the database: the caller then stores them itself.
-        ``new_until``: see :func:`keyq.handoff.request`."""
+        could not adopt them (the database failed, or a bug, logged as
+        ``command_failed``): the caller then stores them itself, as a client
+        that gets no answer does. ``new_until``: see :func:`keyq.handoff.request`."""
         reply: Slot[None] = Slot()
         if not self.post_trigger(runs, new_until, reply):
             return False
         try:
             await reply.wait()
-        except StoreError:
+        except Exception:
             return False
         return True
 

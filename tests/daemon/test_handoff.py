@@ -132,6 +132,27 @@ async def test_handoff__runs_the_client_stored_itself_are_not_run_twice(
     assert gate.started == 3
 
 
+async def test_handoff__a_trigger_the_daemon_fails_to_adopt_is_stored_directly(
+    config: Config, registry: Registry, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside the daemon, Task.trigger falls back to storing the run itself when adopting
+    it fails (a bug, logged): the trigger returns, and the run is stored and runs once."""
+    async with keyq.Daemon(config, registry=registry) as daemon:
+
+        async def broken(command: object) -> None:
+            raise RuntimeError("adoption bug")
+
+        monkeypatch.setattr(daemon, "_adopt_handed_in", broken)
+        handle = await registry.get("counted").trigger({"n": 1})
+        async with deadline():
+            result = await daemon.result(handle.id)
+        listed = await anyio.to_thread.run_sync(_list_runs, config)
+
+    assert result.ok
+    assert [r["id"] for r in listed] == [handle.id]
+    assert gate.started == 1
+
+
 async def test_handoff__a_task_only_the_client_knows_is_stored_directly(
     config: Config, registry: Registry
 ) -> None:
