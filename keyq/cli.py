@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ from keyq.admin import UNSET
 from keyq.client import Client
 from keyq.config import Config, load_config
 from keyq.daemon import Daemon
-from keyq.errors import KeyqError
+from keyq.errors import DefinitionError, InvalidArgumentError, KeyqError, TriggerError
 from keyq.eventloop import new_event_loop
 from keyq.logs import configure_logging
 from keyq.registry import default_registry
@@ -37,7 +38,6 @@ from keyq.views import (
 
 app = typer.Typer(
     name="keyq",
-    help="keyq: run async Python tasks with per-key concurrency limits, durable in SQLite.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -82,6 +82,30 @@ def main() -> None:
     app()
 
 
+@app.callback()
+def options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="KEYQ_DEBUG",
+            help="Print the traceback under an error (also KEYQ_DEBUG=1).",
+        ),
+    ] = False,
+) -> None:
+    """keyq: run async Python tasks with per-key concurrency limits, durable in SQLite.
+
+    Exit status: 0 done; 1 the operation failed (not found, wrong state, the
+    database failed); 2 the input was refused (a bad argument or trigger, a
+    task module that does not import), with nothing stored.
+    """
+    global _debug
+    _debug = debug
+
+
+_debug = False
+
+
 # --- helpers ----------------------------------------------------------------------------------
 
 
@@ -92,11 +116,20 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 @contextmanager
 def errors_reported() -> Iterator[None]:
-    """Turn keyq's errors into one line on stderr and exit status 1."""
+    """Turn keyq's errors into one line on stderr: exit 2 for refused input, else 1."""
     try:
         yield
+    except (TriggerError, DefinitionError, InvalidArgumentError) as exc:
+        _traceback(exc)
+        fail(str(exc), code=2)
     except KeyqError as exc:
+        _traceback(exc)
         fail(str(exc))
+
+
+def _traceback(exc: BaseException) -> None:
+    if _debug:
+        typer.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
 
 
 def load(config: Path | None) -> Config:
@@ -111,8 +144,24 @@ def import_tasks(modules: Sequence[str]) -> None:
     for module in modules:
         try:
             importlib.import_module(module)
-        except ImportError as exc:
-            fail(f"cannot import task module {module!r}: {exc}")
+        except Exception as exc:
+            _traceback(exc)
+            fail(import_failure(module, exc), code=2)
+
+
+def import_failure(module: str, exc: BaseException) -> str:
+    """One line: the module, where in the user's code it failed, and why."""
+    cause = str(exc) if isinstance(exc, KeyqError) else f"{type(exc).__name__}: {exc}"
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(("<frozen", _KEYQ_DIR))
+    ]
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"cannot import task module {module!r}{where}: {cause}"
+
+
+_KEYQ_DIR = str(Path(__file__).resolve().parent)
 
 
 def client(config: Path | None, apps: Sequence[str] = (), *, tasks: bool = False) -> Client:
@@ -141,7 +190,7 @@ def serve(config: ConfigOpt = None, apps: AppOpt = None) -> None:
     configure_logging(cfg.log)
     import_tasks([*cfg.tasks, *(apps or [])])
     if not default_registry.tasks:
-        fail("no tasks defined: pass --app MODULE or set `tasks = [...]` in the config")
+        fail("no tasks defined: pass --app MODULE or set `tasks = [...]` in the config", code=2)
     with errors_reported():
         anyio.run(Daemon(cfg).serve, backend_options={"loop_factory": new_event_loop})
 

@@ -17,16 +17,16 @@ from typing import Any
 
 import anyio
 
-from keyq import admin, control, tokens
+from keyq import admin, bounds, control, tokens
 from keyq.clock import SystemClock
 from keyq.config import Config, load_config
 from keyq.durations import parse_duration
-from keyq.errors import KeyqError, RunNotFoundError, TriggerError
+from keyq.errors import InvalidArgumentError, KeyqError, RunNotFoundError, TriggerError
 from keyq.ids import new_token_id
 from keyq.inspect import Inspector
 from keyq.instance import InstanceLock, daemon_running, socket_path
 from keyq.producer import Producer, TriggerRequest, split_item
-from keyq.registry import Registry, Task, default_registry
+from keyq.registry import Registry, Task, check_limit, check_name, default_registry
 from keyq.results import RunHandle, RunResult, WaitToken
 from keyq.triggers import check_idempotency_key, encode_payload
 
@@ -99,6 +99,8 @@ class Client:
 
     def list_runs(self, **filters: Any) -> list[dict[str, Any]]:
         """Runs newest first; filters: status, queue, key, task, tag, limit."""
+        if "limit" in filters:
+            filters["limit"] = _limit(filters["limit"])
         return self.inspector.list_runs(**filters)
 
     def stats(self) -> dict[str, Any]:
@@ -145,9 +147,12 @@ class Client:
         total_limit: int | None = admin.UNSET,
     ) -> None:
         """Set (None: clear) a queue's runtime limits; stored durably, applied live."""
+        for name, value in (("concurrency_limit", concurrency_limit), ("total_limit", total_limit)):
+            if value is not admin.UNSET:
+                check_limit(name, value)
         admin.update_queue_settings(
             self._producer.connection(),
-            queue,
+            check_name("queue name", queue),
             self._clock.now(),
             concurrency_limit=concurrency_limit,
             total_limit=total_limit,
@@ -156,13 +161,19 @@ class Client:
 
     def set_key_limit(self, queue: str, key: str, limit: int | None) -> None:
         """Set (None: clear) one concurrency key's limit in a queue; stored, applied live."""
+        queue, key = check_name("queue name", queue), _key(key)
         admin.update_key_settings(
-            self._producer.connection(), queue, key, self._clock.now(), concurrency_limit=limit
+            self._producer.connection(),
+            queue,
+            key,
+            self._clock.now(),
+            concurrency_limit=check_limit("limit", limit),
         )
         self._settings_changed()
 
     def pause(self, queue: str, key: str | None = None, *, paused: bool = True) -> None:
         """Pause (or with ``paused=False`` resume) a queue, or one key of it."""
+        queue, key = check_name("queue name", queue), None if key is None else _key(key)
         conn, now = self._producer.connection(), self._clock.now()
         if key is None:
             admin.update_queue_settings(conn, queue, now, paused=paused)
@@ -176,18 +187,19 @@ class Client:
         self, *, timeout: float | str | None = None, idempotency_key: str | None = None
     ) -> WaitToken:
         """A new waitpoint token (or the one with this idempotency key) for runs to wait on."""
+        now = self._clock.now()
         try:
             timeout_s = None if timeout is None else parse_duration(timeout, field="timeout")
+            timeout_at = None if timeout_s is None else bounds.later("timeout", now, timeout_s)
         except ValueError as exc:
             raise TriggerError(str(exc)) from None
-        now = self._clock.now()
         row = tokens.create(
             self._producer.connection(),
             new_token_id(now),
             run_id=None,
             idempotency_key=check_idempotency_key(idempotency_key),
             now=now,
-            timeout_at=None if timeout_s is None else now + timeout_s,
+            timeout_at=timeout_at,
         )
         return row.handle()
 
@@ -198,7 +210,7 @@ class Client:
         TokenNotFoundError, or TokenStateError if it was already completed or timed out.
         """
         token_id = token.id if isinstance(token, WaitToken) else token
-        text = encode_payload(output, self.config.max_payload_bytes)
+        text = encode_payload(output, self.config.max_payload_bytes, "output")
         tokens.complete(self._producer.connection(), token_id, text, self._clock.now())
         self._channel.poke()
 
@@ -208,6 +220,7 @@ class Client:
 
     def list_tokens(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Tokens, newest first; ``status``: waiting, completed or timed_out."""
+        limit = _limit(limit)
         rows = tokens.list_tokens(self._producer.connection(), status, limit)
         return [row.as_json() for row in rows]
 
@@ -223,6 +236,20 @@ class Client:
         if not answer.get("ok"):
             raise KeyqError(answer.get("error", "the daemon refused the request"))
         return answer
+
+
+def _key(key: object) -> str:
+    try:
+        return bounds.text("concurrency key", key, bounds.MAX_KEY_LENGTH)
+    except bounds.BoundError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
+def _limit(limit: object) -> int:
+    try:
+        return bounds.integer("limit", limit, 0, bounds.MAX_INT64)
+    except bounds.BoundError as exc:
+        raise InvalidArgumentError(str(exc)) from None
 
 
 class AsyncClient:

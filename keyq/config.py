@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from keyq import bounds
 from keyq.durations import parse_duration
 from keyq.errors import ConfigError, DefinitionError
 from keyq.registry import check_name
@@ -26,6 +27,9 @@ from keyq.registry import check_name
 Durability = Literal["full", "normal"]
 LogFormat = Literal["auto", "json", "console"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_PAYLOAD_BYTES = 512 * 1024 * 1024  # SQLite stores at most about 1 GB in one value
+MAX_BURST_FACTOR = 1000.0
+DAY_S = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,7 @@ class Config:
     lock_timeout_s: float = 5.0
     shutdown_grace_s: float = 30.0
     checkpoint_after_s: float = 5.0  # a wait longer than this drops its coroutine
+    commit_retry_s: float = 300.0  # then a daemon whose commits keep failing stops
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     queues: Mapping[str, QueueConfig] = field(default_factory=dict)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -132,28 +137,37 @@ def parse_config(text: str, *, source: Path | None = None) -> Config:
 Validator = Callable[[str, Any], Any]
 
 
-def _int(minimum: int) -> Validator:
+def _int(minimum: int, maximum: int = bounds.MAX_LIMIT) -> Validator:
     def check(key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         if value < minimum:
             raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise ConfigError(f"{key} must be <= {maximum}, got {value}")
         return value
 
     return check
 
 
-def _positive_float(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{key} must be a number > 0, got {value!r}")
-    return float(value)
-
-
-def _duration(key: str, value: Any) -> float:
+def _factor(key: str, value: Any) -> float:
     try:
-        return parse_duration(value, field=key)
-    except ValueError as exc:
+        return bounds.number(key, value, 1, MAX_BURST_FACTOR)
+    except bounds.BoundError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _duration(maximum: float = bounds.MAX_DURATION_S) -> Validator:
+    def check(key: str, value: Any) -> float:
+        try:
+            seconds = parse_duration(value, field=key)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if seconds > maximum:
+            raise ConfigError(f"{key} must be at most {maximum:g} s, got {value!r}")
+        return seconds
+
+    return check
 
 
 def _choice(*choices: str) -> Validator:
@@ -205,25 +219,26 @@ _TOP: dict[str, Validator] = {
     "database": _string,
     "tasks": _modules,
     "durability": _choice("full", "normal"),
-    "max_payload_bytes": _int(1),
-    "lock_timeout": _duration,
-    "shutdown_grace": _duration,
-    "checkpoint_after": _duration,
+    "max_payload_bytes": _int(1, MAX_PAYLOAD_BYTES),
+    "lock_timeout": _duration(DAY_S),
+    "shutdown_grace": _duration(DAY_S),
+    "checkpoint_after": _duration(),
+    "commit_retry": _duration(DAY_S),
     "limits": _table,
     "queues": _table,
     "retention": _table,
     "log": _table,
 }
-_LIMITS: dict[str, Validator] = {"concurrency": _int(1), "burst_factor": _positive_float}
+_LIMITS: dict[str, Validator] = {"concurrency": _int(1), "burst_factor": _factor}
 _QUEUE: dict[str, Validator] = {
     "concurrency_limit": _int(0),
     "total_limit": _int(0),
     "paused": _bool,
 }
 _RETENTION: dict[str, Validator] = {
-    "completed": _duration,
-    "failed": _duration,
-    "canceled": _duration,
+    "completed": _duration(),
+    "failed": _duration(),
+    "canceled": _duration(),
 }
 _LOG: dict[str, Validator] = {
     "format": _choice("auto", "json", "console"),
@@ -235,8 +250,6 @@ _LOG: dict[str, Validator] = {
 def _build(data: dict[str, Any], source: Path | None) -> Config:
     top = _fields("", data, _TOP)
     limits = LimitsConfig(**_fields("limits.", top.pop("limits", {}), _LIMITS))
-    if limits.burst_factor < 1:
-        raise ConfigError(f"limits.burst_factor must be >= 1, got {limits.burst_factor}")
     queues = _queues(top.pop("queues", {}))
     retention = _fields("retention.", top.pop("retention", {}), _RETENTION)
     log = LogConfig(**_fields("log.", top.pop("log", {}), _LOG))
@@ -246,6 +259,7 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
         "lock_timeout": "lock_timeout_s",
         "shutdown_grace": "shutdown_grace_s",
         "checkpoint_after": "checkpoint_after_s",
+        "commit_retry": "commit_retry_s",
     }
     top = {renames.get(k, k): v for k, v in top.items()}
     return Config(

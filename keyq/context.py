@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from keyq import bounds
 from keyq.durations import parse_duration
 from keyq.errors import TriggerError, WaitError
 from keyq.journal import Entry, Journal, Kind, ReplayMismatchError
@@ -67,17 +68,15 @@ class Waits:
     async def for_(
         self, seconds: float = 0, *, minutes: float = 0, hours: float = 0, days: float = 0
     ) -> None:
-        """Wait this long, giving the run's slot back meanwhile."""
-        total = timedelta(seconds=seconds, minutes=minutes, hours=hours, days=days).total_seconds()
-        if total < 0:
-            raise WaitError(f"wait.for_ needs a duration >= 0, got {total} s")
-        await self._ctx._wait_until(lambda now: now + total)
+        """Wait this long (at most 100 years), giving the run's slot back meanwhile."""
+        total = _total_s(seconds=seconds, minutes=minutes, hours=hours, days=days)
+        await self._ctx._wait_until(lambda now: _resume_at(now + total))
 
     async def until(self, when: datetime) -> None:
         """Wait until ``when`` (a timezone-aware datetime), holding no slot."""
-        if when.tzinfo is None:
+        if not isinstance(when, datetime) or when.tzinfo is None:
             raise WaitError("wait.until needs a timezone-aware datetime, e.g. datetime.now(UTC)")
-        await self._ctx._wait_until(lambda now: when.timestamp())
+        await self._ctx._wait_until(lambda now: _resume_at(when.timestamp()))
 
     async def create_token(
         self, *, timeout: float | str | timedelta | None = None, idempotency_key: str | None = None
@@ -89,6 +88,8 @@ class Waits:
         """
         try:
             timeout_s = None if timeout is None else parse_duration(timeout, field="timeout")
+            if timeout_s is not None:
+                bounds.duration("timeout", timeout_s)
             key = check_idempotency_key(idempotency_key)
         except (ValueError, TriggerError) as exc:
             raise WaitError(str(exc)) from None
@@ -104,6 +105,29 @@ class Waits:
         if not isinstance(token_id, str) or not token_id:
             raise WaitError(f"for_token needs a token or a token id, got {token!r}")
         return await self._ctx._for_token(token_id)
+
+
+_UNIT_S = {"seconds": 1.0, "minutes": 60.0, "hours": 3600.0, "days": 86400.0}
+
+
+def _total_s(**parts: float) -> float:
+    """``wait.for_``'s duration in seconds; WaitError unless from 0 to 100 years."""
+    limit = bounds.MAX_DURATION_S
+    try:
+        total = sum(
+            bounds.number(f"wait.for_ {unit}", value, -limit, limit) * _UNIT_S[unit]
+            for unit, value in parts.items()
+        )
+        return bounds.duration("wait.for_", total)
+    except bounds.BoundError as exc:
+        raise WaitError(str(exc)) from None
+
+
+def _resume_at(at: float) -> float:
+    """A wait's end as a storable instant: a past one is now, none is after the year 9999."""
+    if at > bounds.MAX_INSTANT:
+        raise WaitError("the wait would end after the year 9999")
+    return max(at, bounds.MIN_INSTANT)
 
 
 class Context:

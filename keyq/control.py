@@ -6,13 +6,13 @@ daemon to read new rows now. Every other request gets one answer line,
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``; requests sent back
 to back on one connection are answered in the order sent.
 
-| op         | fields   | does                                            |
-|------------|----------|-------------------------------------------------|
-| poke       |          | read newly inserted runs now                    |
-| trigger    | runs, new_until | store and start runs (:mod:`keyq.handoff`); answers once stored |
-| cancel     | run_id   | cancel a run (answers once the cancel is durable) |
-| settings   |          | re-read runtime limit overrides from the database |
-| stats      |          | the engine's live counts                        |
+| op       | fields                | does                                              |
+|----------|-----------------------|---------------------------------------------------|
+| poke     |                       | read newly inserted runs now                      |
+| trigger  | runs, deadline, retry | store and start runs (:mod:`keyq.handoff`)        |
+| cancel   | run_id                | cancel a run (answers once the cancel is durable) |
+| settings |                       | re-read runtime limit overrides from the database |
+| stats    |                       | the engine's live counts                          |
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import anyio
 import anyio.abc
 
 from keyq import handoff
-from keyq.errors import DaemonNotRunningError, KeyqError
+from keyq.errors import DaemonNotRunningError, KeyqError, TriggerError
 from keyq.triggers import NewRun
 
 if TYPE_CHECKING:
@@ -184,12 +184,13 @@ class _Connection(asyncio.Protocol):
             answer.give(self._refusal(op, exc))
 
     def _trigger(self, request: dict[str, Any], answer: _Answer) -> None:
-        new_until = request["new_until"]
-        if not isinstance(new_until, int | float):
-            raise TypeError("new_until must be a number")
+        deadline = handoff.check_deadline(request.get("deadline"))
+        retry = request.get("retry")
+        if not isinstance(retry, bool):
+            raise TriggerError(f"retry must be true or false, got {retry!r}")
         daemon = self._daemon
-        runs = handoff.decode(request["runs"], daemon.registry, daemon.config.max_payload_bytes)
-        if not daemon.post_trigger(runs, new_until, answer):
+        runs = handoff.decode(request.get("runs"), daemon.registry, daemon.config.max_payload_bytes)
+        if not daemon.post_trigger(runs, answer, deadline=deadline, retry=retry):
             answer.give({"ok": False, "error": "the daemon is stopping: store the runs directly"})
 
     def _spawn(

@@ -25,7 +25,6 @@ from the top and replays the journal up to where it waited.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import random
 import signal
@@ -49,6 +48,7 @@ from keyq.errors import (
     RunStateError,
     StoreError,
     TokenNotFoundError,
+    TriggerError,
     WaitError,
 )
 from keyq.ids import new_token_id
@@ -71,6 +71,7 @@ from keyq.model import (
     WaitToken,
 )
 from keyq.producer import Producer, TriggerRequest, reset_current, set_current
+from keyq.recorder import CommitAbandoned, HandIn, Recorder
 from keyq.registry import Registry, Task, default_registry
 from keyq.results import RunHandle, RunResult, TokenResult
 from keyq.results import WaitToken as TokenHandle
@@ -125,8 +126,9 @@ class _Apply:
 @dataclass(frozen=True, slots=True)
 class _Trigger:
     runs: list[NewRun]
-    new_until: float  # keyq.handoff.request: until when they cannot be stored elsewhere
     reply: Reply[None]
+    deadline: float | None  # keyq.handoff.request; None: a caller in this process
+    retry: bool  # sent before: the runs may be stored already
 
 
 _Command = _Finished | _Waiting | _Record | _Cancel | _Apply | _Trigger
@@ -157,7 +159,7 @@ class Daemon:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack = AsyncExitStack()
         self._inbox: list[_Command] = []
-        self._replies: list[Reply[None]] = []
+        self._replies: list[tuple[RunId | None, Reply[None]]] = []  # answered after the commit
         self._wake = anyio.Event()
         self._poked = True
         self._next_poll_at = 0.0
@@ -169,11 +171,14 @@ class Daemon:
         self._evictions: Deadlines[RunId] = Deadlines()  # suspended coroutines to drop
         self._journaled: set[RunId] = set()  # active runs that start by replay
         self._entries: list[tuple[RunId, Entry, float]] = []  # to commit with the next step
-        self._inserts: list[NewRun] = []  # runs handed in, stored with the next step
+        self._hand_ins: list[HandIn] = []  # runs handed in, stored with the next step
+        self._recorder: Recorder | None = None
         self._answered_client = False  # a client waits for this step's commit
         self._result_waiters: dict[RunId, list[Slot[RunResult]]] = {}
         self._idle_waiters: list[tuple[anyio.Event, bool]] = []
         self._stopping = False
+        self._stop_event = anyio.Event()  # set with _stopping: ends a commit's retries
+        self._failure: CommitAbandoned | None = None
         self._exit_loop = False
         self._drained = anyio.Event()
         self._stop_requested = anyio.Event()
@@ -208,6 +213,14 @@ class Daemon:
     async def _start(self) -> None:
         self._store = await SqliteStore.open(self.config)
         self._stack.push_async_callback(self._store.close)
+        self._recorder = Recorder(
+            self._store,
+            self.engine,
+            self.log,
+            retry_for_s=self.config.commit_retry_s,
+            stop=self._stop_event,
+            while_failing=self._while_failing,
+        )
         self._stack.callback(lambda: self._producer.close())
         await self._recover()
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
@@ -246,6 +259,8 @@ class Daemon:
                     )
                 elif isinstance(command, _Trigger):  # never adopted: the caller stores them
                     command.reply.fail(StoreError("the daemon stopped before storing the runs"))
+            if self._failure is not None:
+                self.log.error("daemon_failed", error=str(self._failure))
             try:
                 await self._close()
             finally:
@@ -274,6 +289,7 @@ class Daemon:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         if not self._stopping:
             self._stopping = True
+            self._stop_event.set()
             self.engine.hold_starts()
             self.log.info("daemon_draining", running=self.engine.limits.running, grace_s=grace)
             self._wakeup()
@@ -302,6 +318,8 @@ class Daemon:
                 systemd.notify("READY=1", f"STATUS=serving {self.config.database}")
                 await self._stop_requested.wait()
                 systemd.notify("STOPPING=1")
+        if self._failure is not None:
+            raise self._failure
 
     async def _handle_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
@@ -390,22 +408,41 @@ class Daemon:
 
     async def _main_loop(self) -> None:
         try:
-            while not self._exit_loop:
-                self._wake = anyio.Event()
-                now = self.clock.now()
-                self._ping_watchdog(now)
-                if self._poked or now >= self._next_poll_at:
-                    await self._ingest_safely(now)
-                await self._apply_inbox(now)
-                self._evict_due(now)
-                await self._execute(self.engine.tick(now))
-                self._check_drained()
-                if self._inbox or self._poked or self._exit_loop:
-                    continue
-                self._notify_idle()
-                await self.clock.wait_until(self._next_wakeup(), self._wake)
+            await self._loop()
+        except CommitAbandoned as exc:
+            self._failure = exc
+            self._stop_requested.set()  # keyq serve stops (and its supervisor restarts it)
         finally:
+            self._drained.set()  # a stop waiting for attempts to finish waits no more
             self._loop_done.set()
+
+    async def _loop(self) -> None:
+        while not self._exit_loop:
+            self._wake = anyio.Event()
+            now = self.clock.now()
+            self._ping_watchdog(now)
+            if self._poked or now >= self._next_poll_at:
+                await self._ingest_safely(now)
+            await self._apply_inbox(now)
+            self._evict_due(now)
+            await self._execute(self.engine.tick(now), now)
+            self._check_drained()
+            if self._inbox or self._poked or self._exit_loop:
+                continue
+            self._notify_idle()
+            await self.clock.wait_until(self._next_wakeup(), self._wake)
+
+    def _while_failing(self, exc: StoreError) -> None:
+        """While a commit is retried: refuse the runs handed in meanwhile at once (their
+        callers store them or report the error), and tell systemd the loop is alive."""
+        self._ping_watchdog(self.clock.now())
+        still: list[_Command] = []
+        for command in self._inbox:
+            if isinstance(command, _Trigger):
+                command.reply.fail(StoreError(f"the daemon cannot write the database: {exc}"))
+            else:
+                still.append(command)
+        self._inbox = still
 
     def _next_wakeup(self) -> float:
         deadlines = (self.engine.next_deadline(), self._evictions.next_deadline())
@@ -465,7 +502,7 @@ class Daemon:
         elif isinstance(command, _Record):
             self._entries.append((command.run_id, command.entry, now))
             self._journaled.add(command.run_id)
-            self._replies.append(command.reply)
+            self._replies.append((command.run_id, command.reply))
         elif isinstance(command, _Cancel):
             await self._apply_cancel(command, now)
         elif isinstance(command, _Trigger):
@@ -536,7 +573,7 @@ class Daemon:
         except KeyqError as exc:
             command.reply.fail(exc)
             return
-        self._replies.append(command.reply)
+        self._replies.append((command.run_id, command.reply))
 
     async def _explain_not_active(self, run_id: RunId) -> None:
         assert self._store is not None
@@ -548,24 +585,40 @@ class Daemon:
     async def _adopt_handed_in(self, command: _Trigger) -> None:
         """Adopt runs handed in; they are stored with this step's transitions.
 
-        A run this daemon knows, or whose id is stored, is not adopted again:
-        handing in is idempotent, so a caller that heard no answer may send the
-        runs again or store them itself (keyq/handoff.py).
+        A run this daemon knows, or (for a request sent again) whose id is
+        stored, is not adopted again: handing in is idempotent, so a caller
+        that heard no answer may send the runs again or store them itself. Too
+        close to the caller's deadline nothing is adopted (keyq/handoff.py).
         """
-        assert self._store is not None
+        if handoff.too_late(command.deadline):
+            command.reply.fail(StoreError("the daemon took the runs too late: store them directly"))
+            return
         runs = [r for r in command.runs if r.id not in self.engine]
-        stored: set[RunId] = set()
-        if runs and not handoff.is_new(command.new_until):
-            try:
-                stored = await self._store.stored_ids([r.id for r in runs])
-            except StoreError as exc:
-                command.reply.fail(exc)
-                return
-        for run in runs:
-            if run.id not in stored and self.engine.submit(spec_from_new(run)):
-                self._inserts.append(run)
-        self._replies.append(command.reply)
-        self._answered_client = self._answered_client or command.new_until != math.inf
+        try:
+            stored = await self._stored_ids(runs, command.retry)
+        except KeyqError as exc:
+            command.reply.fail(exc)
+            return
+        adopted = [r for r in runs if r.id not in stored and self.engine.submit(spec_from_new(r))]
+        if adopted:
+            self._hand_ins.append(HandIn(adopted, command.reply, command.deadline))
+        else:
+            self._replies.append((None, command.reply))
+        self._answered_client = self._answered_client or command.deadline is not None
+
+    async def _stored_ids(self, runs: list[NewRun], retry: bool) -> set[RunId]:
+        """Which runs are stored already (only a request sent again can have any);
+        TriggerError if a run names a parent that does not exist."""
+        assert self._store is not None
+        parents = {r.parent_id for r in runs if r.parent_id and r.parent_id not in self.engine}
+        wanted = [r.id for r in runs] if retry else []
+        if not (wanted or parents):
+            return set()
+        stored = await self._store.stored_ids([*wanted, *parents])
+        missing = sorted(p for p in parents if p not in stored)
+        if missing:
+            raise TriggerError(f"parent_id: no run {missing[0]!r}")
+        return stored
 
     def _apply_change(self, command: _Apply, now: float) -> None:
         try:
@@ -573,19 +626,15 @@ class Daemon:
         except KeyqError as exc:
             command.reply.fail(exc)
             return
-        self._replies.append(command.reply)
+        self._replies.append((None, command.reply))
 
     # --- executing a step -----------------------------------------------------------------
 
-    async def _execute(self, step: Step) -> None:
-        if step.transitions or step.cancel_requests or self._entries or self._inserts:
-            entries, self._entries = self._entries, []
-            inserts, self._inserts = self._inserts, []
-            self._stored(await self._commit(step, entries, inserts))
-            self._resolve_results(step.transitions)
-        replies, self._replies = self._replies, []
-        for reply in replies:
-            reply.set(None)
+    async def _execute(self, step: Step, now: float) -> None:
+        refused: dict[RunId, StoreError] = {}
+        if step.transitions or step.cancel_requests or self._entries or self._hand_ins:
+            step, refused = await self._record(step, now)
+        self._answer(refused)
         answered, self._answered_client = self._answered_client, False
         for start in step.start:
             self._launch(start)
@@ -608,26 +657,27 @@ class Daemon:
                     os.sched_yield()
             log_transitions(self.log, step.transitions, self.config.log.payloads)
 
-    async def _commit(
-        self,
-        step: Step,
-        entries: Sequence[tuple[RunId, Entry, float]],
-        inserts: Sequence[NewRun],
-    ) -> dict[RunId, int]:
-        """Persist, shielded from cancellation, retrying (without acting) while the disk
-        fails. Returns the seqs of the runs inserted."""
-        assert self._store is not None
-        delay = 0.05
-        while True:
-            try:
-                with anyio.CancelScope(shield=True):
-                    return await self._store.commit(
-                        step.transitions, step.cancel_requests, entries, inserts
-                    )
-            except StoreError as exc:
-                self.log.error("commit_failed", error=str(exc), retry_in_s=delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    def _answer(self, refused: dict[RunId, StoreError]) -> None:
+        """Answer what waited for this step's commit; a refused run's callers get why."""
+        replies, self._replies = self._replies, []
+        for run_id, reply in replies:
+            error = refused.get(run_id) if refused and run_id is not None else None
+            if error is None:
+                reply.set(None)
+            else:
+                reply.fail(error)
+
+    async def _record(self, step: Step, now: float) -> tuple[Step, dict[RunId, StoreError]]:
+        """Commit the step, shielded from cancellation (keyq.recorder says what a failure
+        does); returns what was recorded and the runs whose changes were refused."""
+        assert self._recorder is not None
+        entries, self._entries = self._entries, []
+        hand_ins, self._hand_ins = self._hand_ins, []
+        with anyio.CancelScope(shield=True):
+            recorded = await self._recorder.record(step, entries, hand_ins, now)
+        self._stored(recorded.seqs)
+        self._resolve_results(recorded.step.transitions)
+        return recorded.step, recorded.refused
 
     def _stored(self, seqs: dict[RunId, int]) -> None:
         """Runs handed in are stored: the engine learns their rows, and if nobody
@@ -819,18 +869,18 @@ class Daemon:
     ) -> list[RunHandle]:
         """Store runs durably and start them as their limits allow (``Task.trigger``)."""
         runs = self._producer.build(requests, parent_id)
-        if handoff.eligible(runs) and await self.hand_in(runs, new_until=math.inf):
+        if handoff.eligible(runs) and await self.hand_in(runs):
             return [RunHandle(r.id, r.task) for r in runs]
         return await self._producer.submit_runs(runs)
 
-    async def hand_in(self, runs: list[NewRun], *, new_until: float) -> bool:
+    async def hand_in(self, runs: list[NewRun]) -> bool:
         """Adopt validated runs and return once they are stored, each with its start
         when a slot is free (one transaction). False if the daemon is stopping or
-        could not adopt them (the database failed, or a bug, logged as
-        ``command_failed``): the caller then stores them itself, as a client
-        that gets no answer does. ``new_until``: see :func:`keyq.handoff.request`."""
+        could not store them (the database failed, or a bug, logged as
+        ``command_failed``): they are then not stored, nor kept, and the caller
+        stores them itself, as a client that gets no answer does."""
         reply: Slot[None] = Slot()
-        if not self.post_trigger(runs, new_until, reply):
+        if not self.post_trigger(runs, reply, deadline=None, retry=False):
             return False
         try:
             await reply.wait()
@@ -838,13 +888,16 @@ class Daemon:
             return False
         return True
 
-    def post_trigger(self, runs: list[NewRun], new_until: float, reply: Reply[None]) -> bool:
+    def post_trigger(
+        self, runs: list[NewRun], reply: Reply[None], *, deadline: float | None, retry: bool
+    ) -> bool:
         """:meth:`hand_in` without waiting: ``reply`` is set once the runs are stored,
-        or failed with the StoreError that kept them from being adopted. False (and
-        ``reply`` never called) if the daemon is stopping."""
+        or failed with the error that kept them from being stored (then they are not,
+        ever, by this daemon). False (and ``reply`` never called) if the daemon is
+        stopping. ``deadline`` and ``retry``: see :func:`keyq.handoff.request`."""
         if self._exit_loop or self._loop_done.is_set():
             return False
-        self._post(_Trigger(runs, new_until, reply))
+        self._post(_Trigger(runs, reply, deadline, retry))
         return True
 
     # --- operations ---------------------------------------------------------------------------

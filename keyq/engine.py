@@ -170,6 +170,40 @@ class Engine:
             if run is not None:
                 run.seq = seq
 
+    def withdraw(self, run_ids: Iterable[RunId]) -> None:
+        """Forget runs submitted before their rows existed whose commit failed, as if
+        they had never been triggered: their trigger is answered with the error, so
+        nothing may run them later. Their transitions are not to be recorded."""
+        for run_id in run_ids:
+            run = self._runs.pop(run_id, None)
+            if run is None:
+                continue
+            if run.state is RUNNING:
+                self._leave_running(run, run.span_started_at)
+            elif run.state is QUEUED:
+                self._dispatcher.discard(run.id)
+            self._wakeups.cancel(run.id)
+            self._counts[run.state] -= 1
+            self._forget_child(run)
+
+    def abandon(self, run_id: RunId, now: float, error: ErrorInfo) -> bool:
+        """The database refused a change of this run for good: fail the run (stopping
+        its attempt), so that it holds nothing and the rest goes on. False if the run
+        is no longer active."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return False
+        if run.state is RUNNING:
+            self._leave_running(run, now)
+            self._cancels.append(run.id)
+        elif run.state is QUEUED:
+            self._dispatcher.discard(run.id)
+        if run.state is WAITING or run.resume:
+            self._cancels.append(run.id)  # its suspended coroutine
+        run.cancel_reason, run.resume = None, False
+        self._finish(run, FAILED, now, "unrecordable", error=error)
+        return True
+
     def recover(self, specs: Iterable[RunSpec], now: float) -> Recovered:
         """Adopt the runs loaded at start-up, where they were.
 
@@ -567,17 +601,20 @@ class Engine:
         self._wakeups.cancel(run.id)
         self._timeouts.cancel(run.id)
         self._forget_token(run)
+        self._forget_child(run)
+        waiting = self._watchers.pop(run.id, [])
+        if run.parent_id is not None:
+            waiting.append(run.parent_id)
+        for waiter_id in waiting:
+            self._child_finished(waiter_id, ChildResult(run.id, to, result, error), now)
+
+    def _forget_child(self, run: _Run) -> None:
         if run.parent_id is not None:
             siblings = self._children.get(run.parent_id)
             if siblings is not None:
                 siblings.pop(run.id, None)
                 if not siblings:
                     del self._children[run.parent_id]
-        waiting = self._watchers.pop(run.id, [])
-        if run.parent_id is not None:
-            waiting.append(run.parent_id)
-        for waiter_id in waiting:
-            self._child_finished(waiter_id, ChildResult(run.id, to, result, error), now)
 
     def _forget_token(self, run: _Run) -> None:
         if isinstance(run.wait, WaitToken):

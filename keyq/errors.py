@@ -24,6 +24,10 @@ class DefinitionError(KeyqError):
     """A queue or task definition is invalid (bad id, duplicate id, bad limit)."""
 
 
+class InvalidArgumentError(KeyqError, ValueError):
+    """An argument to an operation is outside its bounds (names it); nothing was written."""
+
+
 class TriggerError(KeyqError):
     """A trigger was refused before anything was stored (names the field)."""
 
@@ -62,7 +66,15 @@ class SlotError(KeyqError):
 
 
 class StoreError(KeyqError):
-    """The SQLite database failed: disk full, I/O error, corrupt file (wraps the cause)."""
+    """The SQLite database failed: disk full, I/O error, corrupt file (wraps the cause).
+
+    Retrying may succeed once the cause is gone (space freed, the lock released).
+    """
+
+
+class UnstorableError(StoreError):
+    """The database refused a write that retrying cannot fix: a constraint, text it
+    cannot encode, a number out of range. Only the writes that carry it are refused."""
 
 
 class DatabaseBusyError(StoreError):
@@ -103,7 +115,8 @@ def map_store_errors(what: str) -> Iterator[None]:
     """Translate sqlite3 errors raised by ``what`` into :class:`StoreError`.
 
     "database is locked" becomes :class:`DatabaseBusyError`; a full disk keeps
-    SQLite's own wording ("database or disk is full") so the cause is visible.
+    SQLite's own wording ("database or disk is full") so the cause is visible;
+    a value the database cannot take becomes :class:`UnstorableError`.
     """
     try:
         yield
@@ -111,5 +124,26 @@ def map_store_errors(what: str) -> Iterator[None]:
         if is_busy(exc):
             raise DatabaseBusyError(f"{what}: {exc}") from exc
         raise StoreError(f"{what}: {exc}") from exc
+    except sqlite3.ProgrammingError as exc:
+        if "closed" in str(exc):  # the connection, not the values
+            raise StoreError(f"{what}: {exc}") from exc
+        raise UnstorableError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except _UNSTORABLE as exc:
+        raise UnstorableError(f"{what}: {type(exc).__name__}: {exc}") from exc
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{what}: {exc}") from exc
+
+
+# What a write's own values cause (and so only that write): a constraint, a value
+# SQLite cannot bind (a lone surrogate, an integer over 64 bits), a malformed
+# statement. The rest (I/O, a full disk, a corrupt file, the lock) is the database's.
+_UNSTORABLE = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    OverflowError,
+    UnicodeError,
+    ValueError,
+    TypeError,
+)

@@ -9,10 +9,14 @@ machine (bench/latency), this takes trigger → start from two fsyncs and a
 poll of new rows to one.
 
 Handing in is idempotent by run id, which the client chose: the daemon adopts
-a run only if neither its memory nor the database has that id. So when no
-answer comes (the daemon died, or stayed silent past ``ANSWER_TIMEOUT_S``),
-the client may store the same runs itself, with the same ids, and a run is
-still created once: whichever write lands first wins, the other finds it.
+a run only if its memory does not have that id (nor the database, for a
+request sent again). So when no answer comes (the daemon died, or stayed
+silent past ``ANSWER_TIMEOUT_S``), the client may store the same runs itself,
+with the same ids, and a run is still created once: whichever write lands
+first wins, the other finds it. The daemon adopts nothing close to the
+client's deadline and answers a failed commit with an error before that
+deadline, having dropped the runs: a trigger the client reports refused is
+never stored later by the daemon.
 
 Runs with an idempotency key or a queue limit override take the direct path
 (insert, then poke): the daemon adopts a run before its INSERT commits, and
@@ -26,13 +30,17 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from keyq import bounds
 from keyq.clock import host_monotonic
+from keyq.errors import TriggerError
 from keyq.registry import Registry
 from keyq.triggers import NewRun, build_run
 
 MAX_MESSAGE_BYTES = 64 * 1024  # the control socket's line limit; bigger batches go direct
 _ENVELOPE_BYTES = 64  # the request's fields around the runs
 ANSWER_TIMEOUT_S = 2.0  # then the client stores the runs itself (safe: see above)
+ADOPT_MARGIN_S = 0.5  # the daemon adopts nothing this close to the client's deadline
+_CLOCK_SLACK_S = 0.5  # a deadline may be this much further off (the request's own time)
 _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -70,47 +78,88 @@ def encode(runs: Sequence[NewRun]) -> bytes | None:
 def request(encoded_runs: bytes, retry: bool) -> bytes:
     """The ``trigger`` request line.
 
-    ``new_until`` (CLOCK_MONOTONIC, one clock for every process on the host)
-    is when the client may start storing the runs itself: before it, they can
-    only be new to the database, and the daemon skips looking them up. A retry
-    sends 0: the daemon that took the first try may have stored them.
+    ``deadline`` (CLOCK_MONOTONIC, one clock for every process on the host) is
+    when the client stops waiting for the answer and stores the runs itself:
+    the daemon adopts none of them after ``deadline - ADOPT_MARGIN_S``, so a
+    run it has not begun to commit by then is the client's alone to store (or
+    to refuse). ``retry``: this request was sent before, to a daemon that may
+    have stored the runs, so the daemon looks their ids up first.
     """
-    new_until = 0.0 if retry else host_monotonic() + ANSWER_TIMEOUT_S
-    return b'{"op":"trigger","new_until":%r,"runs":%b}\n' % (new_until, encoded_runs)
+    deadline = host_monotonic() + ANSWER_TIMEOUT_S
+    flag = b"true" if retry else b"false"
+    return b'{"op":"trigger","deadline":%r,"retry":%b,"runs":%b}\n' % (deadline, flag, encoded_runs)
 
 
-def is_new(new_until: float) -> bool:
-    """True while runs sent with ``new_until`` cannot have been stored by their sender,
-    with a margin for the time between this check and the commit."""
-    return host_monotonic() < new_until - ANSWER_TIMEOUT_S / 2
+def check_deadline(value: Any) -> float:
+    """A request's ``deadline``: a time on the host's monotonic clock within the answer
+    timeout from now (a later one would let the daemon adopt runs their client has
+    already stored or been refused)."""
+    limit = host_monotonic() + ANSWER_TIMEOUT_S + _CLOCK_SLACK_S
+    try:
+        return bounds.number("deadline", value, 0, limit)
+    except bounds.BoundError as exc:
+        clock = f"the host's monotonic clock plus {ANSWER_TIMEOUT_S:g} s"
+        raise TriggerError(f"{exc} ({clock})") from None
+
+
+def too_late(deadline: float | None) -> bool:
+    """True once a client may be storing its runs itself: the daemon must not adopt them."""
+    return deadline is not None and host_monotonic() >= deadline - ADOPT_MARGIN_S
+
+
+def lock_wait_s(deadline: float | None) -> float | None:
+    """How long a commit of runs handed in with ``deadline`` may wait for the write lock:
+    it must have begun before the client gives up and stores them itself."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - host_monotonic() - ADOPT_MARGIN_S / 2)
+
+
+_FIELDS = ("id", "task", "at", "parent_id", "options", "payload")
 
 
 def decode(items: Any, registry: Registry, max_payload_bytes: int) -> list[NewRun]:
     """The runs of a ``trigger`` request, validated as a trigger is.
 
-    Raises TriggerError (an unknown task, a bad option) or TypeError/KeyError
-    for a malformed request: nothing is adopted unless every run is valid.
+    Raises TriggerError naming the run and the field (an unknown task, a bad
+    option, a malformed item): nothing is adopted unless every run is valid.
     """
-    if not isinstance(items, list):
-        raise TypeError("runs must be a list")
+    if not isinstance(items, list) or not items:
+        raise TriggerError("runs must be a non-empty list of runs")
     runs = []
-    for item in items:
-        run_id, at, parent_id = item["id"], item["at"], item["parent_id"]
-        if not isinstance(run_id, str) or not isinstance(at, int | float):
-            raise TypeError("a run needs a string id and a numeric time")
-        if parent_id is not None and not isinstance(parent_id, str):
-            raise TypeError("parent_id must be a string or null")
-        runs.append(
-            build_run(
-                registry.get(item["task"]),
-                item["payload"],
-                item["options"],
-                run_id=run_id,
-                now=float(at),
-                max_payload_bytes=max_payload_bytes,
-                parent_id=parent_id,
-            )
-        )
+    for i, item in enumerate(items):
+        try:
+            runs.append(_decode_one(item, registry, max_payload_bytes))
+        except TriggerError as exc:
+            raise TriggerError(f"runs[{i}]: {exc}") from None
     if not eligible(runs):
-        raise TypeError("runs with an idempotency key or a queue limit must be stored directly")
+        raise TriggerError("runs with an idempotency key or a queue limit must be stored directly")
     return runs
+
+
+def _decode_one(item: Any, registry: Registry, max_payload_bytes: int) -> NewRun:
+    if not isinstance(item, dict):
+        raise TriggerError(f"a run must be an object with {', '.join(_FIELDS)}")
+    missing = [f for f in _FIELDS if f not in item]
+    if missing:
+        raise TriggerError(f"missing field {missing[0]!r}")
+    task, options = item["task"], item["options"]
+    if not isinstance(task, str):
+        raise TriggerError(f"task must be a task id, got {task!r}")
+    if not isinstance(options, dict):
+        raise TriggerError(f"options must be an object, got {options!r}")
+    try:
+        run_id = bounds.run_id("run id", item["id"])
+        parent = item["parent_id"]
+        parent_id = None if parent is None else bounds.run_id("parent_id", parent)
+    except bounds.BoundError as exc:
+        raise TriggerError(str(exc)) from None
+    return build_run(
+        registry.get(task),
+        item["payload"],
+        options,
+        run_id=run_id,
+        now=item["at"],
+        max_payload_bytes=max_payload_bytes,
+        parent_id=parent_id,
+    )

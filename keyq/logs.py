@@ -72,6 +72,7 @@ _EVENTS: dict[tuple[str, str], tuple[str, str]] = {
     ("failed", "failed"): ("run_failed", "error"),
     ("failed", "timeout"): ("run_failed", "error"),
     ("failed", "interrupted"): ("run_failed", "error"),
+    ("failed", "unrecordable"): ("run_failed", "error"),
     ("canceled", "canceled"): ("run_canceled", "info"),
 }
 _UNLISTED = ("", "debug")  # named run_<to> when logged

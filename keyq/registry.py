@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from keyq import bounds
 from keyq.errors import DefinitionError, UnknownTaskError
 from keyq.retry import DEFAULT_RETRY, Retry
 
@@ -34,11 +35,13 @@ def check_name(kind: str, name: object) -> str:
 
 
 def check_limit(field_name: str, value: object) -> int | None:
+    """A concurrency limit: None (no limit) or an integer from 0 to ``bounds.MAX_LIMIT``."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise DefinitionError(f"{field_name} must be an integer >= 0 or None, got {value!r}")
-    return value
+    try:
+        return bounds.integer(field_name, value, 0, bounds.MAX_LIMIT)
+    except bounds.BoundError as exc:
+        raise DefinitionError(f"{exc} (or None for no limit)") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,9 +197,13 @@ def _max_duration(task_id: str, value: float | timedelta | None) -> float | None
     if value is None:
         return None
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+    try:
+        budget = bounds.number("max_duration", seconds, 0, bounds.MAX_DURATION_S)
+    except bounds.BoundError as exc:
+        raise DefinitionError(f"task {task_id!r}: {exc}") from None
+    if budget <= 0:
         raise DefinitionError(f"task {task_id!r}: max_duration must be > 0 seconds, got {value!r}")
-    return float(seconds)
+    return budget
 
 
 default_registry = Registry()

@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
+from keyq import bounds
 from keyq.errors import DefinitionError
 
 Backoff = Literal["exponential", "fixed"]
@@ -32,8 +33,14 @@ class Retry:
     jitter: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise DefinitionError(f"Retry.max_attempts must be >= 1, got {self.max_attempts}")
+        try:
+            bounds.integer("Retry.max_attempts", self.max_attempts, 1, bounds.MAX_ATTEMPTS)
+            for name in ("min_delay", "max_delay"):
+                bounds.number(f"Retry.{name}", getattr(self, name), 0, bounds.MAX_DURATION_S)
+            bounds.number("Retry.factor", self.factor, 1, 1000)
+            bounds.number("Retry.jitter", self.jitter, 0, 1)
+        except bounds.BoundError as exc:
+            raise DefinitionError(str(exc)) from None
         if self.backoff not in ("exponential", "fixed"):
             raise DefinitionError(
                 f"Retry.backoff must be 'exponential' or 'fixed', got {self.backoff!r}"
@@ -43,10 +50,6 @@ class Retry:
                 f"Retry delays need 0 <= min_delay <= max_delay, got "
                 f"min_delay={self.min_delay}, max_delay={self.max_delay}"
             )
-        if self.factor < 1:
-            raise DefinitionError(f"Retry.factor must be >= 1, got {self.factor}")
-        if not 0 <= self.jitter <= 1:
-            raise DefinitionError(f"Retry.jitter must be between 0 and 1, got {self.jitter}")
 
     def delay_s(self, failed_attempt: int, rng: random.Random) -> float:
         """Seconds to wait after ``failed_attempt`` (1-based) before the next one."""

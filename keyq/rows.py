@@ -27,7 +27,12 @@ def iso(ts: float | None) -> str | None:
     """An epoch time as ISO 8601 UTC with milliseconds, e.g. ``2026-11-22T10:00:00.250Z``."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    try:
+        return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    except (OverflowError, ValueError, OSError):
+        # Out of datetime's range: only rows written before every time was bounded
+        # (keyq.bounds) hold one. Shown at the end of the range, not as a traceback.
+        return "9999-12-31T23:59:59.999Z" if ts > 0 else "0001-01-01T00:00:00.000Z"
 
 
 def event_line(

@@ -50,7 +50,9 @@ HOLDS_SLOT: frozenset[RunState] = frozenset({RUNNING})
 # "not yet a run" so that creation is a transition like any other.
 TRANSITIONS: dict[RunState | None, frozenset[RunState]] = {
     None: frozenset({QUEUED, DELAYED}),
-    DELAYED: frozenset({QUEUED, CANCELED}),
+    # DELAYED -> FAILED (as from every active state): the database refused to
+    # record a change of the run for good (reason "unrecordable").
+    DELAYED: frozenset({QUEUED, CANCELED, FAILED}),
     # QUEUED -> FAILED: a run queued to resume lost its attempt in a crash and
     # has no attempts left.
     QUEUED: frozenset({RUNNING, CANCELED, FAILED}),

@@ -87,23 +87,29 @@ class SqliteStore:
             with map_store_errors(what):
                 yield
 
-    async def _write(self, what: str, rows: int, write: Callable[[], T]) -> T:
-        """Run ``write`` in one transaction: inline when small and the lock is free."""
+    async def _write(
+        self, what: str, rows: int, write: Callable[[], T], lock_wait_s: float | None = None
+    ) -> T:
+        """Run ``write`` in one transaction: inline when small and the lock is free.
+        It waits for the write lock up to the lock timeout, or ``lock_wait_s``."""
+        wait_ms = self._busy_timeout_ms
+        if lock_wait_s is not None:
+            wait_ms = min(wait_ms, int(lock_wait_s * 1000))
         async with self._exclusive(what):
-            if rows <= INLINE_ROWS:
+            if rows <= INLINE_ROWS or wait_ms <= 0:
                 try:
                     return self._transaction(write)
                 except sqlite3.OperationalError as exc:
-                    if not is_busy(exc):
+                    if not is_busy(exc) or wait_ms <= 0:
                         raise
             return await anyio.to_thread.run_sync(
-                self._waiting_transaction, write, limiter=self._thread
+                self._waiting_transaction, write, wait_ms, limiter=self._thread
             )
 
-    def _waiting_transaction(self, write: Callable[[], T]) -> T:
-        """One transaction that waits up to the lock timeout for the write lock
+    def _waiting_transaction(self, write: Callable[[], T], wait_ms: int) -> T:
+        """One transaction that waits up to ``wait_ms`` for the write lock
         (in the worker thread: the loop goes on meanwhile)."""
-        self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        self._conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
         try:
             return self._transaction(write)
         finally:
@@ -147,6 +153,7 @@ class SqliteStore:
         cancel_requests: Sequence[CancelRequest] = (),
         entries: Sequence[tuple[RunId, Entry, float]] = (),
         inserts: Sequence[NewRun] = (),
+        lock_wait_s: float | None = None,
     ) -> dict[RunId, int]:
         """Persist new runs, transitions (in order), cancel requests and journal
         entries, in one transaction. A token wait ended by its timeout marks the
@@ -158,9 +165,14 @@ class SqliteStore:
         their INSERT was given. Returns those seqs by run id. A run whose id is
         already stored (stored directly by a client that heard no answer) is
         not inserted again: its transitions apply to that row.
+
+        ``lock_wait_s`` caps the wait for the write lock (runs handed in must be
+        stored before their client gives up on the answer). Raises StoreError, or
+        UnstorableError when the values themselves were refused.
         """
-        params = [transition_params(t) for t in transitions]
-        new_rows = [(r.id, new_run_params(r)) for r in inserts]
+        with map_store_errors("encoding transitions"):
+            params = [transition_params(t) for t in transitions]
+            new_rows = [(r.id, new_run_params(r)) for r in inserts]
         journal = [(run_id, e.position, e.kind, e.name, e.data, at) for run_id, e, at in entries]
         expired = [
             (t.at, t.wait.token_id)
@@ -185,7 +197,7 @@ class SqliteStore:
             return seqs
 
         rows = len(new_rows) + len(params) + len(cancel_requests) + len(journal)
-        return await self._write(f"recording {len(params)} transitions", rows, write)
+        return await self._write(f"recording {len(params)} transitions", rows, write, lock_wait_s)
 
     async def stored_ids(self, run_ids: Sequence[RunId]) -> set[RunId]:
         """Which of these run ids have a row."""

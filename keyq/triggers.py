@@ -13,17 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from keyq import bounds
+from keyq.bounds import MAX_KEY_LENGTH, MAX_TAG_LENGTH, MAX_TAGS, BoundError
 from keyq.durations import parse_duration
 from keyq.errors import DefinitionError, PayloadError, TriggerError
-from keyq.model import MAX_PRIORITY, MIN_PRIORITY
+from keyq.model import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from keyq.registry import Queue, Task, check_limit, check_name
 from keyq.states import DELAYED, QUEUED, RunState
 
 OPTIONS = frozenset(
     {"concurrency_key", "queue", "priority", "delay", "idempotency_key", "max_attempts", "tags"}
 )
-MAX_KEY_LENGTH = 256
-MAX_TAGS, MAX_TAG_LENGTH = 20, 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +62,26 @@ def build_run(
         raise TriggerError(
             f"unknown trigger option {sorted(unknown)[0]!r} (known: {', '.join(sorted(OPTIONS))})"
         )
+    try:
+        return _build(task, payload, options, run_id, now, max_payload_bytes, parent_id)
+    except BoundError as exc:
+        raise TriggerError(str(exc)) from None
+
+
+def _build(
+    task: Task,
+    payload: Any,
+    options: Mapping[str, Any],
+    run_id: str,
+    now: float,
+    max_payload_bytes: int,
+    parent_id: str | None,
+) -> NewRun:
     queue_name, queue_limit = _queue(options.get("queue"), task.queue)
-    delay_s = _delay(options.get("delay"))
+    created_at = bounds.instant("created_at", now)
+    available_at = bounds.later("delay", created_at, _delay(options))
     return NewRun(
-        id=run_id,
+        id=run_id,  # made by keyq.ids, or checked at the socket (keyq.handoff)
         task=task.id,
         queue=queue_name,
         concurrency_key=_concurrency_key(options.get("concurrency_key")),
@@ -76,22 +92,26 @@ def build_run(
         idempotency_key=check_idempotency_key(options.get("idempotency_key")),
         queue_limit=queue_limit,
         parent_id=parent_id,
-        created_at=now,
-        available_at=now + delay_s,
-        state=DELAYED if delay_s > 0 else QUEUED,
+        created_at=created_at,
+        available_at=available_at,
+        state=DELAYED if available_at > created_at else QUEUED,
     )
 
 
-def encode_payload(payload: Any, max_bytes: int) -> str:
+def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
     """The payload as compact JSON text; PayloadError if not JSON or over ``max_bytes``."""
     try:
         text = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-        size = len(text.encode("utf-8"))  # refuses lone surrogates, which SQLite cannot store
     except (TypeError, ValueError) as exc:
-        raise PayloadError(f"payload is not JSON-serialisable: {exc}") from None
+        raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise PayloadError(f"{what} is nested too deeply to encode as JSON") from None
+    if not bounds.storable(text):
+        raise PayloadError(f"{what} holds a string that is not valid UTF-8 (a lone surrogate)")
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if size > max_bytes:
         raise PayloadError(
-            f"payload is {size} bytes, over max_payload_bytes = {max_bytes}; "
+            f"{what} is {size} bytes, over max_payload_bytes = {max_bytes}; "
             "store large data elsewhere and pass a reference"
         )
     return text
@@ -121,25 +141,18 @@ def _concurrency_key(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:
-        raise TriggerError(
-            f"concurrency_key must be a string of 1-{MAX_KEY_LENGTH} characters, got {value!r}"
-        )
-    return value
+        value = str(bounds.integer("concurrency_key", value, -bounds.MAX_INT64, bounds.MAX_INT64))
+    return bounds.text("concurrency_key", value, MAX_KEY_LENGTH)
 
 
 def _priority(value: Any) -> int:
     if value is None:
-        return 5
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TriggerError(f"priority must be an integer from 1 to 10, got {value!r}")
-    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
-        raise TriggerError(f"priority must be from 1 (first) to 10 (last), got {value}")
-    return value
+        return DEFAULT_PRIORITY
+    return bounds.integer("priority", value, MIN_PRIORITY, MAX_PRIORITY)
 
 
-def _delay(value: Any) -> float:
+def _delay(options: Mapping[str, Any]) -> float:
+    value = options.get("delay")
     if value is None:
         return 0.0
     try:
@@ -151,9 +164,7 @@ def _delay(value: Any) -> float:
 def _max_attempts(value: Any, task: Task) -> int:
     if value is None:
         return task.retry.max_attempts
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TriggerError(f"max_attempts must be an integer >= 1, got {value!r}")
-    return value
+    return bounds.integer("max_attempts", value, 1, bounds.MAX_ATTEMPTS)
 
 
 def _tags(value: Any) -> tuple[str, ...]:
@@ -161,25 +172,19 @@ def _tags(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = [value]
-    tags = tuple(value) if isinstance(value, list | tuple) else None
-    if (
-        tags is None
-        or len(tags) > MAX_TAGS
-        or not all(isinstance(t, str) and 1 <= len(t) <= MAX_TAG_LENGTH for t in tags)
-    ):
+    if not isinstance(value, list | tuple) or len(value) > MAX_TAGS:
         raise TriggerError(
             f"tags must be a list of at most {MAX_TAGS} strings of 1-{MAX_TAG_LENGTH} "
             f"characters, got {value!r}"
         )
-    return tags
+    return tuple(bounds.text(f"tags[{i}]", t, MAX_TAG_LENGTH) for i, t in enumerate(value))
 
 
 def check_idempotency_key(value: Any) -> str | None:
     """A valid idempotency key (of a run or a token), or None; TriggerError otherwise."""
     if value is None:
         return None
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:
-        raise TriggerError(
-            f"idempotency_key must be a string of 1-{MAX_KEY_LENGTH} characters, got {value!r}"
-        )
-    return value
+    try:
+        return bounds.text("idempotency_key", value, MAX_KEY_LENGTH)
+    except BoundError as exc:
+        raise TriggerError(str(exc)) from None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -39,3 +43,22 @@ async def work() -> None:
 async def deadline(seconds: float = 10.0) -> AsyncIterator[None]:
     with anyio.fail_after(seconds):
         yield
+
+
+def ask(path: Path | None, line: bytes, *, read: bool = True) -> dict[str, Any] | None:
+    """Send one request line to a daemon's control socket on a fresh connection, as a
+    client would; its answer (None with ``read=False``)."""
+    assert path is not None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(line)
+        if not read:
+            return None
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            assert chunk, f"the daemon closed the connection after {data!r}"
+            data += chunk
+    answer: dict[str, Any] = json.loads(data)
+    return answer

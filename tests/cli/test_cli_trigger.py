@@ -83,10 +83,10 @@ def test_trigger__delay_makes_a_delayed_run(project: Project) -> None:
     assert row["available_at"] - row["created_at"] == pytest.approx(300)
 
 
-def test_trigger__unknown_task_exits_1_naming_known_tasks(project: Project) -> None:
-    """An unknown task id fails with exit 1, names the task and the known ones, stores nothing."""
+def test_trigger__unknown_task_exits_2_naming_known_tasks(project: Project) -> None:
+    """An unknown task id fails with exit 2, names the task and the known ones, stores nothing."""
     result = project.trigger("cli-nope", "{}")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stdout == ""
     assert "unknown task 'cli-nope'" in result.stderr
     assert "cli-echo" in result.stderr
@@ -97,15 +97,15 @@ def test_trigger__unknown_task_exits_1_naming_known_tasks(project: Project) -> N
 def test_trigger__without_app_the_task_is_unknown(project: Project) -> None:
     """A trigger with no task modules cannot name a task (no import of CLI-provided names)."""
     result = project.run("trigger", "os.system", "{}")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown task 'os.system'" in result.stderr
     assert project.rows() == []
 
 
-def test_trigger__missing_app_module_exits_1(project: Project) -> None:
-    """--app naming a module that does not exist fails with exit 1 naming it."""
+def test_trigger__missing_app_module_exits_2(project: Project) -> None:
+    """--app naming a module that does not exist fails with exit 2 naming it."""
     result = project.run("trigger", "cli-echo", "{}", "--app", "keyq_clitier_no_such_module")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "cannot import task module 'keyq_clitier_no_such_module'" in result.stderr
     assert project.rows() == []
 
@@ -146,12 +146,12 @@ def test_trigger__nan_payload_is_refused(project: Project) -> None:
     assert project.rows() == []
 
 
-def test_trigger__payload_over_limit_exits_1_naming_size(project: Project) -> None:
-    """A payload over max_payload_bytes fails with exit 1, naming its size and the limit."""
+def test_trigger__payload_over_limit_exits_2_naming_size(project: Project) -> None:
+    """A payload over max_payload_bytes fails with exit 2, naming its size and the limit."""
     project.config.write_text("max_payload_bytes = 64\n" + project.config.read_text())
     payload = json.dumps({"data": "x" * 100})
     result = project.trigger("cli-echo", payload)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"payload is {len(json.dumps({'data': 'x' * 100}, separators=(',', ':')))} bytes" in (
         result.stderr
     )
@@ -163,8 +163,8 @@ def test_trigger__payload_over_limit_exits_1_naming_size(project: Project) -> No
 def test_trigger__priority_out_of_range_exits_nonzero(project: Project, priority: str) -> None:
     """--priority outside 1-10 fails naming priority; nothing is stored."""
     result = project.trigger("cli-echo", "{}", "--priority", priority)
-    assert result.exit_code == 1
-    assert "priority must be from 1 (first) to 10 (last)" in result.stderr
+    assert result.exit_code == 2
+    assert f"priority must be from 1 to 10, got {priority}" in result.stderr
     assert project.rows() == []
 
 
@@ -176,10 +176,10 @@ def test_trigger__non_integer_priority_is_a_usage_error(project: Project) -> Non
 
 
 @pytest.mark.parametrize("delay", ["soon", "-5m", "5 minutes"])
-def test_trigger__bad_delay_exits_1(project: Project, delay: str) -> None:
+def test_trigger__bad_delay_exits_2(project: Project, delay: str) -> None:
     """A delay that is not a duration fails naming the delay."""
     result = project.trigger("cli-echo", "{}", "--delay", delay)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "delay:" in result.stderr
     assert project.rows() == []
 
@@ -192,21 +192,21 @@ def test_trigger__queue_limit_needs_queue(project: Project) -> None:
     assert project.rows() == []
 
 
-def test_trigger__max_attempts_zero_exits_1(project: Project) -> None:
-    """--max-attempts 0 is refused naming max_attempts."""
+def test_trigger__max_attempts_zero_exits_2(project: Project) -> None:
+    """--max-attempts 0 is refused naming max_attempts and its bounds."""
     result = project.trigger("cli-echo", "{}", "--max-attempts", "0")
-    assert result.exit_code == 1
-    assert "max_attempts must be an integer >= 1" in result.stderr
+    assert result.exit_code == 2
+    assert "max_attempts must be from 1 to 1000, got 0" in result.stderr
     assert project.rows() == []
 
 
-def test_trigger__task_module_with_bad_definition_exits_1(project: Project) -> None:
-    """A task module that defines a bad task id stops the command with exit 1 naming the id."""
+def test_trigger__task_module_with_bad_definition_exits_2(project: Project) -> None:
+    """A task module that defines a bad task id stops the command with exit 2 naming the id."""
     (project.root / "keyq_clitier_bad_app.py").write_text(
         "import keyq\n\n\n@keyq.task(id='bad id')\nasync def bad(payload, ctx):\n    return 1\n"
     )
     result = project.run("trigger", "bad id", "{}", "--app", "keyq_clitier_bad_app")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "invalid task id 'bad id'" in result.stderr
     assert "Traceback" not in result.output
     assert project.rows() == []

@@ -13,7 +13,9 @@ from support import deadline
 
 import keyq
 from keyq import handoff
+from keyq.clock import host_monotonic
 from keyq.config import Config
+from keyq.ids import new_run_id
 from keyq.registry import Registry
 
 pytestmark = pytest.mark.anyio
@@ -188,32 +190,51 @@ async def test_handoff__bad_trigger_requests_are_refused_and_nothing_is_stored(
         return "pong"
 
     def run(**changes: Any) -> dict[str, Any]:
-        item = {"id": "run_x", "task": "ping", "at": 1.0, "parent_id": None, "options": {}}
+        item = {"id": new_run_id(1.0), "task": "ping", "at": 1.0, "parent_id": None, "options": {}}
         item["payload"] = None
         return {**item, **changes}
 
-    def line(runs: Any, new_until: Any = 0.0) -> bytes:
-        return json.dumps({"op": "trigger", "new_until": new_until, "runs": runs}).encode() + b"\n"
+    def line(runs: Any, **fields: Any) -> bytes:
+        request = {"op": "trigger", "deadline": host_monotonic() + 1, "retry": False, "runs": runs}
+        return json.dumps({**request, **fields}).encode() + b"\n"
+
+    refused = {
+        "runs must be a non-empty list": line({"not": "a list"}),
+        "unknown task 'nope'": line([run(task="nope")]),
+        "priority must be from 1 to 10": line([run(options={"priority": 99})]),
+        "idempotency key": line([run(), run(options={"idempotency_key": "k"})]),
+        "runs[0]: run id must be a run id": line([run(id=7)]),
+        "deadline must be a number": line([run()], deadline="soon"),
+        "deadline must be a finite number": line([run()], deadline=1e308),
+        "retry must be true or false": line([run()], retry="maybe"),
+        "runs[0]: run id": line([run(id="")]),
+        "runs[1]: missing field 'at'": line([run(), {"id": new_run_id(1.0), "task": "ping"}]),
+        "created_at must be a time from 1970": line([run(at=-1e308)]),
+        "tags[0] must be valid UTF-8": line([run(options={"tags": ["a\ud800"]})]),
+        "concurrency_key must be valid UTF-8": line([run(options={"concurrency_key": "\udfff"})]),
+        "max_attempts must be from 1 to 1000": line([run(options={"max_attempts": 10**20})]),
+        "delay must be a duration from 0 to 100 years": line([run(options={"delay": 1e11})]),
+        "parent_id: no run": line([run(parent_id=new_run_id(1.0))]),
+    }
+    nan_at = line([run()]).replace(b'"at": 1.0', b'"at": NaN')
+    infinite_at = line([run()]).replace(b'"at": 1.0', b'"at": Infinity')
+    refused["created_at must be a time from 1970 to the end of 9999"] = nan_at
+    refused["created_at must be a time from 1970 to the end of 9999 "] = infinite_at
 
     async with keyq.Daemon(config, registry=registry) as daemon:
         path = daemon.socket_path
-        requests = [
-            line({"not": "a list"}),
-            line([run(task="nope")]),
-            line([run(options={"priority": 99})]),
-            line([run(), run(id="run_y", options={"idempotency_key": "k"})]),
-            line([run(id=7)]),
-            line([run()], new_until="soon"),
-        ]
-        answers = [await anyio.to_thread.run_sync(send, path, r) for r in requests]
+        answers = {
+            what: await anyio.to_thread.run_sync(send, path, request)
+            for what, request in refused.items()
+        }
         handle = await ping.trigger({})
         async with deadline():
             assert (await daemon.result(handle.id)).output == "pong"
         stored = [r["id"] for r in await anyio.to_thread.run_sync(_list_runs, config)]
 
-    assert [a["ok"] for a in answers] == [False] * len(requests)
-    assert "nope" in answers[1]["error"]
-    assert "priority" in answers[2]["error"]
+    for what, answer in answers.items():
+        assert answer["ok"] is False, what
+        assert what.strip() in answer["error"], (what, answer)
     assert stored == [handle.id]
 
 

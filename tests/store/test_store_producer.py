@@ -15,6 +15,7 @@ import pytest
 from keyq import db
 from keyq.clock import FakeClock
 from keyq.errors import DatabaseBusyError, PayloadError, StoreError, TriggerError
+from keyq.ids import new_run_id
 from keyq.instance import InstanceLock
 from keyq.producer import Producer
 from keyq.registry import Task
@@ -127,8 +128,9 @@ def test_producer__parent_id_is_stored(
     producer: Producer, tasks: dict[str, Task], rows: Rows
 ) -> None:
     """Runs triggered by a parent run remember it."""
-    producer.insert([(tasks["email"], None, {})], parent_id="run_parent")
-    assert rows()[0]["parent_id"] == "run_parent"
+    parent = new_run_id(1.0)
+    producer.insert([(tasks["email"], None, {})], parent_id=parent)
+    assert rows()[0]["parent_id"] == parent
 
 
 # --- idempotency ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from anyio import wait_all_tasks_blocked
 from keyq.clock import FakeClock
 from keyq.config import Config
 from keyq.errors import StoreError
+from keyq.ids import new_run_id
 from keyq.model import ChildResult, ErrorInfo, RunSpec, Transition, WaitChildren, WaitUntil
 from keyq.producer import Producer
 from keyq.registry import Task
@@ -30,6 +31,8 @@ from keyq.states import (
     RunState,
 )
 from keyq.store import INLINE_ROWS, SqliteStore
+
+PARENT = new_run_id(1.0)
 
 pytestmark = pytest.mark.anyio
 
@@ -153,7 +156,7 @@ async def test_load_active__spec_carries_every_stored_field(
                 },
             )
         ],
-        parent_id="run_parent",
+        parent_id=PARENT,
     )
     (spec,), max_seq = await runs_and_seq(store)
     assert spec == RunSpec(
@@ -170,7 +173,7 @@ async def test_load_active__spec_carries_every_stored_field(
         available_at=clock.now() + 10,
         created_at=clock.now(),
         queue_limit=1,
-        parent_id="run_parent",
+        parent_id=PARENT,
         wait=None,
     )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 KEYQ = Path(__file__).resolve().parents[2] / "keyq"
-CORE = ("states", "model", "limits", "dispatch", "timers", "retry", "engine", "journal")
+CORE = ("states", "model", "limits", "dispatch", "timers", "retry", "engine", "journal", "bounds")
 ALLOWED_KEYQ = {f"keyq.{name}" for name in CORE} | {"keyq", "keyq.errors"}
 BANNED = {"anyio", "aiosqlite", "asyncio", "structlog", "sqlite3", "time", "socket"}
 

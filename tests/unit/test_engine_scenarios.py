@@ -436,6 +436,45 @@ def test_engine__cancel_running_waits_for_the_attempt_to_stop() -> None:
     ]
 
 
+def test_engine__withdrawn_runs_are_forgotten_and_free_their_slots() -> None:
+    """Runs whose insert failed are withdrawn as if never triggered: a started one gives its
+    slot to the next run, a delayed one forgets its timer, and nothing of them is recorded."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    step = sim.submit(spec("a"), spec("b"), spec("d", state=DELAYED, available_at=T0 + 60))
+    assert started(step) == ["a"]
+    sim.engine.withdraw(["a", "d", "unknown"])
+    step = sim.tick()
+    assert moves(step) == [("b", "queued", "running", "started")]
+    assert ("a" in sim.engine, "d" in sim.engine) == (False, False)
+    assert sim.engine.next_deadline() is None
+    assert sim.stats() == (0, 0, 1, 0)
+
+
+@pytest.mark.parametrize("state", [QUEUED, DELAYED, RUNNING, WAITING])
+def test_engine__an_abandoned_run_fails_as_unrecordable_and_holds_nothing(
+    state: RunState,
+) -> None:
+    """A run whose change the database refused for good is failed (reason unrecordable) from
+    whatever state it is in; a running or waiting attempt is asked to stop."""
+    sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
+    sim.submit(spec("r"), spec("next"))
+    if state is QUEUED:
+        sim.submit(spec("x"))
+    elif state is DELAYED:
+        sim.submit(spec("x", state=DELAYED, available_at=T0 + 60))
+    elif state is WAITING:
+        sim.engine.wait("r", WaitUntil(T0 + 60), sim.now)
+        sim.tick()
+    run_id = "x" if state in (QUEUED, DELAYED) else "r"
+    assert sim.engine.state_of(run_id) is state
+    assert sim.engine.abandon(run_id, sim.now, BOOM) is True
+    step = sim.tick()
+    assert (run_id, state.value, "failed", "unrecordable") in moves(step)
+    assert (run_id in step.cancel) == (state in (RUNNING, WAITING))
+    assert run_id not in sim.engine
+    assert sim.engine.abandon(run_id, sim.now, BOOM) is False
+
+
 def test_engine__cancel_of_a_final_or_unknown_run_raises() -> None:
     """Cancelling a run the engine no longer holds is refused."""
     sim = Sim()
