@@ -1,7 +1,7 @@
 """keyq's benchmark suite: ``python -m bench COMMAND [--quick] [--json PATH]``.
 
 COMMAND is ``all`` or one of ceiling, throughput, latency, scale, fairness,
-burst, waits (``python -m bench --help`` lists them).
+burst, waits, crash (``python -m bench --help`` lists them).
 
 Prints the machine, then a Markdown table per benchmark (figure, target, ✓/✗,
 share of the SQLite ceiling where it applies), and writes everything as JSON
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import burst, ceiling, fairness, latency, scale, throughput, waits
+from bench import burst, ceiling, crash, fairness, latency, scale, throughput, waits
 from bench.common import Options, Result, machine, render
 
 Runner = Callable[[Options, Mapping[str, Result]], Result]
@@ -34,6 +34,7 @@ RUNNERS: dict[str, Runner] = {
     "fairness": fairness.run,
     "burst": burst.run,
     "waits": waits.run,
+    "crash": crash.run,
 }
 NEEDS = {"throughput": ("ceiling",)}  # ratios to the ceiling come from the same run
 HELP = {
@@ -45,6 +46,7 @@ HELP = {
     "fairness": "one heavy key against 100 light keys on a small limit",
     "burst": "10 keys × 50 runs of 20 ms, 2 per key, 20 overall",
     "waits": "100,000 runs waiting at once: memory and resume rate",
+    "crash": "kill -9 the daemon under producers, cycle after cycle; check every promise",
 }
 
 
@@ -57,6 +59,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=Path("bench-results.json"),
         help="where to write the results (default: ./bench-results.json)",
     )
+    common.add_argument("--cycles", type=int, help="crash: how many kill -9 cycles (30)")
+    common.add_argument("--seed", type=int, help="seed what is chosen at random")
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in HELP.items():
@@ -99,7 +103,7 @@ def write(path: Path, report: dict[str, Any], results: Mapping[str, Result]) -> 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    options = Options(quick=args.quick)
+    options = Options(quick=args.quick, cycles=args.cycles, seed=args.seed)
     report: dict[str, Any] = {
         "command": ["python -m bench", *(argv if argv is not None else sys.argv[1:])],
         "quick": options.quick,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import keyq
+from keyq.filesystems import mount_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP = "bench.tasks"
@@ -35,6 +36,8 @@ class Options:
     """Command-line options every benchmark sees."""
 
     quick: bool = False
+    cycles: int | None = None  # the crash campaign's kill -9 cycles (default: its own)
+    seed: int | None = None  # for what a benchmark chooses at random
 
 
 # --- the machine ----------------------------------------------------------------------------
@@ -77,15 +80,8 @@ def _read_lines(path: str) -> list[str]:
 
 def filesystem_of(path: Path) -> str:
     """``"ext4 (/dev/vda on /)"``: the type of the mount that holds ``path``."""
-    path = path.resolve()
-    best: tuple[str, str, str] | None = None
-    for line in _read_lines("/proc/self/mounts"):
-        device, mount, fstype, *_ = line.split()
-        if path.is_relative_to(mount) and (best is None or len(mount) > len(best[1])):
-            best = (device, mount, fstype)
-    if best is None:
-        return "unknown"
-    return f"{best[2]} ({best[0]} on {best[1]})"
+    mount = mount_of(path.resolve())
+    return "unknown" if mount is None else f"{mount.fstype} ({mount.device} on {mount.point})"
 
 
 # --- workspaces and config --------------------------------------------------------------------
@@ -260,6 +256,12 @@ class ServedDaemon:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         raise RuntimeError(f"no VmHWM for pid {self.pid}")
+
+    def kill9(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would; waits for the process to be gone."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(30)
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM (a graceful drain), then wait; returns the exit status."""

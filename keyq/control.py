@@ -56,23 +56,22 @@ async def serve_control(
     _remove(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connections: set[_Connection] = set()
-    server: asyncio.Server | None = None
+    acceptor: _Acceptor | None = None
     try:
         previous = os.umask(0o177)  # the socket is created owner-only, never briefly open
         try:
             listener.bind(os.fspath(path))
         finally:
             os.umask(previous)
-        server = await asyncio.get_running_loop().create_unix_server(
-            lambda: _Connection(daemon, connections), sock=listener, backlog=128
-        )
+        listener.listen(BACKLOG)
+        listener.setblocking(False)
+        acceptor = _Acceptor(listener, lambda: _Connection(daemon, connections), daemon.log)
         task_status.started()
         await anyio.sleep_forever()
     finally:
-        if server is None:
-            listener.close()
-        else:
-            server.close()
+        if acceptor is not None:
+            acceptor.close()
+        listener.close()
         for connection in list(connections):
             connection.close()
         _remove(path)
@@ -80,6 +79,69 @@ async def serve_control(
 
 def _remove(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+BACKLOG = 128
+ACCEPT_PAUSE_S = 0.5  # at the descriptor limit, how long before accepting again
+ACCEPT_LOG_EVERY_S = 5.0
+
+
+class _Acceptor:
+    """Accepts connections from the selector's callback; at the file-descriptor limit it
+    stops accepting for a moment instead of spinning (asyncio's own server logs every
+    failed accept and re-arms once per failure: a flood), and says so once per interval.
+    Waiting clients stay in the listen backlog; the daemon's loop goes on meanwhile."""
+
+    def __init__(
+        self, listener: socket.socket, protocol: Callable[[], asyncio.Protocol], log: Any
+    ) -> None:
+        self._listener = listener
+        self._protocol = protocol
+        self._log = log
+        self._loop = asyncio.get_running_loop()
+        self._resume: asyncio.TimerHandle | None = None
+        self._paused = 0  # pauses since the last log line
+        self._logged_at = -ACCEPT_LOG_EVERY_S
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop.add_reader(listener.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(BACKLOG):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # that client gave up before it was accepted
+            except OSError as exc:  # the descriptor limit, or memory: wait, do not spin
+                self._pause(exc)
+                return
+            sock.setblocking(False)
+            task = self._loop.create_task(self._loop.connect_accepted_socket(self._protocol, sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _pause(self, exc: OSError) -> None:
+        self._loop.remove_reader(self._listener.fileno())
+        self._paused += 1
+        now = self._loop.time()
+        if now - self._logged_at >= ACCEPT_LOG_EVERY_S:
+            self._log.warning("control_accept_paused", error=str(exc), paused=self._paused)
+            self._logged_at, self._paused = now, 0
+        self._resume = self._loop.call_later(ACCEPT_PAUSE_S, self._restart)
+
+    def _restart(self) -> None:
+        self._resume = None
+        self._loop.add_reader(self._listener.fileno(), self._accept)
+        self._accept()
+
+    def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+        else:
+            self._loop.remove_reader(self._listener.fileno())
+        for task in self._tasks:
+            task.cancel()
 
 
 class _Answer:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import LiteralString, cast
 
 from keyq.errors import StoreError, map_store_errors
+from keyq.filesystems import check_database
 
 MIGRATIONS: tuple[str, ...] = ("001_initial.sql", "002_journal_tokens.sql")
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -72,6 +73,7 @@ def connect(
     path: Path, durability: str = "full", lock_timeout_s: float = 5.0
 ) -> sqlite3.Connection:
     """A configured, migrated sync connection in autocommit mode (transactions are explicit)."""
+    check_database(path)
     with map_store_errors(f"opening database {path}"):
         ensure_file(path)
         conn = sqlite3.connect(

@@ -85,6 +85,11 @@ class DaemonAlreadyRunningError(KeyqError):
     """A second daemon was started on a database that a running daemon already owns."""
 
 
+class UnsafeDatabaseError(KeyqError):
+    """The database file is where SQLite cannot keep it safe (a network file system, a
+    second hard link); the message says why and what to do."""
+
+
 class DaemonNotRunningError(KeyqError):
     """A live operation needs the daemon and no daemon owns this database."""
 

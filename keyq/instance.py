@@ -18,20 +18,25 @@ from pathlib import Path
 from types import TracebackType
 
 from keyq.errors import DaemonAlreadyRunningError
+from keyq.filesystems import check_database, real_path
 
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; leave room
 
 
 def lock_path(database: Path) -> Path:
-    return database.with_name(database.name + ".lock")
+    """The lock file, beside the database's real path: every name of one file finds it."""
+    real = real_path(database)
+    return real.with_name(real.name + ".lock")
 
 
 def socket_path(database: Path) -> Path:
-    """The control socket: next to the database, or in the runtime dir if that path is too long."""
-    beside = database.with_name(database.name + ".sock")
+    """The control socket: next to the database's real path, or in the runtime dir if
+    that path is too long."""
+    real = real_path(database)
+    beside = real.with_name(real.name + ".sock")
     if len(os.fsencode(beside)) <= _MAX_SOCKET_PATH:
         return beside
-    digest = hashlib.sha256(os.fsencode(database.absolute())).hexdigest()[:16]
+    digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
     runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return Path(runtime) / f"keyq-{os.getuid()}-{digest}.sock"
 
@@ -40,27 +45,34 @@ class InstanceLock:
     """An exclusive, non-blocking flock on the database's lock file."""
 
     def __init__(self, database: Path) -> None:
+        self.database = database
         self.path = lock_path(database)
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
         """Take the lock if free; False if a daemon (or another holder) has it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            if _same_file(fd, self.path):
+                self._fd = fd
+                return True
+            os.close(fd)  # the file was replaced between open and flock: lock the new one
 
     def acquire_for_daemon(self) -> None:
         """Take the lock and record our pid, or raise naming the daemon that holds it.
 
         A holder that wrote no pid is a CLI command probing or cancelling for a
         moment: wait for it (up to about 2 s) rather than refuse to start.
+        A database with a second hard link or on a network file system is refused
+        first (:func:`keyq.filesystems.check_database`).
         """
+        check_database(self.database)
         for _ in range(40):
             if self.try_acquire() or _alive(read_pid(self.path)):
                 break
@@ -93,6 +105,16 @@ class InstanceLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """True if ``fd`` is still the file at ``path`` (same device and inode)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 def _alive(pid: int | None) -> bool:

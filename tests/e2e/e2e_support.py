@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -68,6 +69,10 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
+def _limit_fds(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
 def subprocess_env() -> dict[str, str]:
     """The environment of every keyq subprocess: the task module importable, no stray config."""
     env = {k: v for k, v in os.environ.items() if k != "KEYQ_CONFIG"}
@@ -76,19 +81,26 @@ def subprocess_env() -> dict[str, str]:
 
 
 class DaemonProcess:
-    """`python -m keyq serve --config ... --app e2e_tasks`, logging JSON to a file in tmp_path."""
+    """`python -m keyq serve --config ... --app e2e_tasks`, logging JSON to a file in tmp_path.
 
-    def __init__(self, project: Project, name: str) -> None:
+    ``max_fds`` starts it with that RLIMIT_NOFILE (the file-descriptor limit).
+    """
+
+    def __init__(
+        self, project: Project, name: str, config: Path | None = None, max_fds: int | None = None
+    ) -> None:
         self.project = project
         self.log_path = project.root / f"{name}.log"
+        config = config if config is not None else project.config
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [*SERVE, "--config", str(project.config), "--app", TASK_MODULE],
+                [*SERVE, "--config", str(config), "--app", TASK_MODULE],
                 cwd=project.root,
                 env=subprocess_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=None if max_fds is None else (lambda: _limit_fds(max_fds)),
             )
 
     @property
@@ -179,8 +191,12 @@ class Project:
         tmp.write_text(text)
         tmp.replace(self.config)  # a reload never reads a half-written file
 
-    def start_daemon(self, *, ready: bool = True) -> DaemonProcess:
-        daemon = DaemonProcess(self, f"daemon-{len(self.daemons) + 1}")
+    def start_daemon(
+        self, *, ready: bool = True, config: Path | None = None, max_fds: int | None = None
+    ) -> DaemonProcess:
+        """`keyq serve` on this project (or on ``config``); waits until it serves."""
+        name = f"daemon-{len(self.daemons) + 1}"
+        daemon = DaemonProcess(self, name, config, max_fds)
         self.daemons.append(daemon)
         return daemon.wait_ready() if ready else daemon
 

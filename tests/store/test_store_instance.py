@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from keyq.errors import DaemonAlreadyRunningError
+from keyq import db
+from keyq.errors import DaemonAlreadyRunningError, UnsafeDatabaseError
+from keyq.filesystems import NETWORK, check_database, mount_of
 from keyq.instance import InstanceLock, daemon_running, lock_path, read_pid, socket_path
 
 
@@ -101,3 +103,101 @@ def test_instance__long_database_path_gets_a_short_socket_path(tmp_path: Path) -
     assert len(os.fsencode(path)) <= 100
     assert path == socket_path(database)
     assert path != socket_path(tmp_path / ("e" * 120) / "keyq.db")
+
+
+# --- one file, whatever path names it ------------------------------------------------------------
+
+
+def test_instance_lock__a_symlink_to_the_database_finds_the_same_lock(
+    database: Path, tmp_path: Path
+) -> None:
+    """Failure 5: a second daemon through a symlink to the live database is refused: the lock
+    (and the socket) sit beside the real file, not beside the link."""
+    database.touch()
+    link = tmp_path / "other" / "link.db"
+    link.parent.mkdir()
+    link.symlink_to(database)
+    first = InstanceLock(database)
+    first.acquire_for_daemon()
+    try:
+        with pytest.raises(DaemonAlreadyRunningError):
+            InstanceLock(link).acquire_for_daemon()
+        assert daemon_running(link) is True
+    finally:
+        first.release()
+    assert (lock_path(link), socket_path(link)) == (lock_path(database), socket_path(database))
+
+
+def test_instance_lock__a_database_with_a_second_hard_link_is_refused(
+    database: Path, tmp_path: Path
+) -> None:
+    """Two names of one file are two databases to SQLite (each gets its own WAL): keyq
+    refuses to open it, by either name, saying why and what to do."""
+    db.connect(database).close()
+    os.link(database, tmp_path / "hard.db")
+    for name in (database, tmp_path / "hard.db"):
+        with pytest.raises(UnsafeDatabaseError, match="2 hard links") as info:
+            InstanceLock(name).acquire_for_daemon()
+        assert "Keep one name" in str(info.value)
+        with pytest.raises(UnsafeDatabaseError):
+            db.connect(name)
+
+
+def test_instance_lock__a_replaced_lock_file_is_locked_anew(database: Path) -> None:
+    """A lock file deleted and created again between open and flock is not a lock: the
+    holder locks the file that the path names."""
+    lock = InstanceLock(database)
+    assert lock.try_acquire()
+    lock_path(database).unlink()  # an operator "cleaning up" the lock file
+    try:
+        other = InstanceLock(database)
+        assert other.try_acquire()  # the path names a new file, which nobody holds
+        other.release()
+    finally:
+        lock.release()
+
+
+MOUNTS = """\
+/dev/vda1 / ext4 rw,relatime 0 0
+server:/export /srv/shared nfs4 rw,vers=4.2 0 0
+/dev/vdb /srv/shared/local\\040disk ext4 rw 0 0
+//nas/share /mnt/nas cifs rw 0 0
+tmpfs /tmp tmpfs rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "fstype"),
+    [
+        ("/var/lib/keyq", "ext4"),
+        ("/srv/shared/keyq", "nfs4"),
+        ("/srv/shared/local disk/keyq", "ext4"),  # a local mount below a network one
+        ("/mnt/nas", "cifs"),
+        ("/tmp/x", "tmpfs"),
+    ],
+)
+def test_mount_of__the_longest_mount_point_holding_the_path(path: str, fstype: str) -> None:
+    """The file system of a path is its deepest mount, as /proc/self/mounts lists them
+    (with their octal escapes)."""
+    mount = mount_of(Path(path), MOUNTS)
+    assert mount is not None
+    assert mount.fstype == fstype
+    assert (fstype in NETWORK) == (fstype in ("nfs4", "cifs"))
+
+
+def test_check_database__a_local_file_system_is_accepted(database: Path) -> None:
+    """The test's own temporary directory is local: nothing is refused."""
+    check_database(database)
+    mount = mount_of(database.parent)
+    assert mount is not None
+    assert mount.fstype not in NETWORK
+
+
+def test_check_database__a_network_file_system_is_refused_naming_it() -> None:
+    """A database on NFS (or CIFS, sshfs, ...) is refused before SQLite opens it, with the
+    mount named and what to do."""
+    with pytest.raises(UnsafeDatabaseError) as info:
+        check_database(Path("/srv/shared/keyq/keyq.db"), MOUNTS)
+    assert "network file system (nfs4 server:/export on /srv/shared)" in str(info.value)
+    assert "local disk" in str(info.value)
+    check_database(Path("/srv/shared/local disk/keyq.db"), MOUNTS)
