@@ -63,6 +63,13 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """``[security]``: the group that shares the daemon's files (keyq/permissions.py)."""
+
+    group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """``[log]``: log format and level; payloads are never logged unless asked."""
 
@@ -87,6 +94,7 @@ class Config:
     queues: Mapping[str, QueueConfig] = field(default_factory=dict)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     source: Path | None = None  # the file this came from, if any
 
     def with_database(self, database: str | Path) -> Config:
@@ -228,6 +236,7 @@ _TOP: dict[str, Validator] = {
     "queues": _table,
     "retention": _table,
     "log": _table,
+    "security": _table,
 }
 _LIMITS: dict[str, Validator] = {"concurrency": _int(1), "burst_factor": _factor}
 _QUEUE: dict[str, Validator] = {
@@ -240,6 +249,7 @@ _RETENTION: dict[str, Validator] = {
     "failed": _duration(),
     "canceled": _duration(),
 }
+_SECURITY: dict[str, Validator] = {"group": _string}
 _LOG: dict[str, Validator] = {
     "format": _choice("auto", "json", "console"),
     "level": _choice(*LOG_LEVELS),
@@ -253,6 +263,7 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
     queues = _queues(top.pop("queues", {}))
     retention = _fields("retention.", top.pop("retention", {}), _RETENTION)
     log = LogConfig(**_fields("log.", top.pop("log", {}), _LOG))
+    security = SecurityConfig(**_fields("security.", top.pop("security", {}), _SECURITY))
     base = source.parent if source is not None else Path(".")
     database = (base / top.pop("database", "keyq.db")).absolute()
     renames = {
@@ -268,6 +279,7 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
         queues=queues,
         retention=RetentionConfig(**{f"{k}_s": v for k, v in retention.items()}),
         log=log,
+        security=security,
         source=source,
         **top,
     )

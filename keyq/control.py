@@ -58,11 +58,12 @@ async def serve_control(
     connections: set[_Connection] = set()
     acceptor: _Acceptor | None = None
     try:
-        previous = os.umask(0o177)  # the socket is created owner-only, never briefly open
+        previous = os.umask(daemon.access.umask)  # created as it will stay, never more open
         try:
             listener.bind(os.fspath(path))
         finally:
             os.umask(previous)
+        daemon.access.apply(path)
         listener.listen(BACKLOG)
         listener.setblocking(False)
         acceptor = _Acceptor(listener, lambda: _Connection(daemon, connections), daemon.log)

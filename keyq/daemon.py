@@ -70,6 +70,7 @@ from keyq.model import (
     WaitChildren,
     WaitToken,
 )
+from keyq.permissions import FileAccess, database_files
 from keyq.producer import Producer, TriggerRequest, reset_current, set_current
 from keyq.recorder import CommitAbandoned, HandIn, Recorder
 from keyq.registry import Registry, Task, default_registry
@@ -150,6 +151,7 @@ class Daemon:
         self.registry = registry if registry is not None else default_registry
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.socket_path = socket_path(self.config.database) if control_socket else None
+        self.access = FileAccess()  # the files' mode and group: set from the config at start
         limits = Limits(self.config.limits.concurrency, self.config.limits.burst_factor)
         self.engine = Engine(limits, self._policies(), rng)
         self.log = get_logger()
@@ -192,6 +194,7 @@ class Daemon:
     async def __aenter__(self) -> Daemon:
         if not structlog.is_configured():
             configure_logging(self.config.log)
+        self.access = FileAccess.for_group(self.config.security.group)  # before any file
         self._lock.acquire_for_daemon()
         # Before any task starts: attempts inherit it, so Task.trigger inside a
         # task reaches this daemon's database, not whatever ./keyq.toml says.
@@ -225,6 +228,8 @@ class Daemon:
         await self._recover()
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         self._stack.push_async_callback(self._stop_attempts)  # before the group exits
+        for path in [*database_files(self.config.database), self._lock.path]:
+            self.access.apply(path)
         if self.socket_path is not None:
             from keyq.control import serve_control
 

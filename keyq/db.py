@@ -19,6 +19,7 @@ from typing import LiteralString, cast
 
 from keyq.errors import StoreError, map_store_errors
 from keyq.filesystems import check_database
+from keyq.permissions import FileAccess
 
 MIGRATIONS: tuple[str, ...] = ("001_initial.sql", "002_journal_tokens.sql")
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -53,8 +54,9 @@ def configure(conn: sqlite3.Connection, durability: str, lock_timeout_s: float) 
         conn.execute(statement)
 
 
-def ensure_file(path: Path) -> None:
-    """Create the database file owner-only before SQLite does (WAL files inherit its mode).
+def ensure_file(path: Path, group: str | None = None) -> None:
+    """Create the database file owner-only (or 0660 for ``group``) before SQLite does:
+    SQLite gives its WAL files the same mode.
 
     Never opens a file that already exists: on POSIX, closing *any* descriptor
     of a file drops every lock this process holds on it, including SQLite's
@@ -62,20 +64,24 @@ def ensure_file(path: Path) -> None:
     checkpoint and delete the WAL under them, losing acknowledged writes.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    access = FileAccess.for_group(group) if group is not None else FileAccess()
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, access.mode)
     except FileExistsError:
         return
-    os.close(fd)
+    try:
+        access.apply_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def connect(
-    path: Path, durability: str = "full", lock_timeout_s: float = 5.0
+    path: Path, durability: str = "full", lock_timeout_s: float = 5.0, group: str | None = None
 ) -> sqlite3.Connection:
     """A configured, migrated sync connection in autocommit mode (transactions are explicit)."""
     check_database(path)
     with map_store_errors(f"opening database {path}"):
-        ensure_file(path)
+        ensure_file(path, group)
         conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=lock_timeout_s
         )
@@ -85,6 +91,45 @@ def connect(
         except BaseException:
             conn.close()
             raise
+    return conn
+
+
+def connect_for_reading(path: Path, lock_timeout_s: float = 5.0) -> sqlite3.Connection:
+    """A connection for the inspecting commands: as :func:`connect` when this process
+    may write the database and its directory, else read-only (an operator's account).
+
+    Read-only, the daemon's WAL is read through its shared memory while the WAL
+    exists; once the last writer closed and SQLite folded the WAL into the file,
+    there is nothing else to read, and the file is opened as it is.
+    """
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK):
+        return connect(path, lock_timeout_s=lock_timeout_s)
+    check_database(path)
+    uri = path.absolute().as_uri() + "?mode=ro"
+    with map_store_errors(f"opening database {path} read-only"):
+        try:
+            conn = _open_read_only(uri, lock_timeout_s)
+        except sqlite3.OperationalError:
+            if Path(f"{path}-wal").exists():
+                raise
+            conn = _open_read_only(uri + "&immutable=1", lock_timeout_s)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(
+            f"database {path} has schema version {version} and this keyq reads "
+            f"{SCHEMA_VERSION}; it cannot migrate it read-only (start the daemon once)"
+        )
+    return conn
+
+
+def _open_read_only(uri: str, lock_timeout_s: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=lock_timeout_s)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens it for real
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

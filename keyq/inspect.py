@@ -39,7 +39,7 @@ class Inspector:
                 f"no keyq database at {config.database} (nothing triggered yet, or another "
                 "--config / $KEYQ_CONFIG / ./keyq.toml points elsewhere)"
             )
-        self._conn = db.connect(config.database, config.durability, config.lock_timeout_s)
+        self._conn = db.connect_for_reading(config.database, config.lock_timeout_s)
         self._conn.row_factory = sqlite3.Row
 
     def close(self) -> None:

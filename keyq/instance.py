@@ -139,9 +139,15 @@ def read_pid(path: Path) -> int | None:
 
 
 def daemon_running(database: Path) -> bool:
-    """True if a daemon holds the database's lock right now."""
-    probe = InstanceLock(database)
-    if probe.try_acquire():
-        probe.release()
-        return False
-    return True
+    """True if a daemon holds the database's lock right now (a read-only account may ask)."""
+    try:
+        fd = os.open(lock_path(database), os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # no daemon ever ran here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False

@@ -123,7 +123,8 @@ class Producer:
     def connection(self) -> sqlite3.Connection:
         if self._conn is None:
             cfg = self._config
-            self._conn = db.connect(cfg.database, cfg.durability, cfg.lock_timeout_s)
+            group = cfg.security.group
+            self._conn = db.connect(cfg.database, cfg.durability, cfg.lock_timeout_s, group)
         return self._conn
 
     def close(self) -> None:

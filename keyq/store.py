@@ -75,7 +75,10 @@ class SqliteStore:
     @classmethod
     async def open(cls, config: Config) -> SqliteStore:
         """Open (creating and migrating if needed) the configured database."""
-        return cls(db.connect(config.database, config.durability, config.lock_timeout_s), config)
+        conn = db.connect(
+            config.database, config.durability, config.lock_timeout_s, config.security.group
+        )
+        return cls(conn, config)
 
     async def close(self) -> None:
         async with self._lock:
