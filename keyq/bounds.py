@@ -11,9 +11,11 @@ year 10000, text is valid UTF-8. Pure.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
+from collections.abc import Iterable
 
 MAX_INT64 = 2**63 - 1
 MAX_ATTEMPTS = 1000
@@ -130,3 +132,59 @@ def _short(value: object) -> str:
         return f"an integer of {value.bit_length()} bits"
     shown = repr(value)
     return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+# --- JSON: payloads, results, step results, token outputs ---------------------------------------
+
+MAX_JSON_DEPTH = 100  # nesting; Python's own json.loads gives up near 1,000
+_encode = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
+
+
+class NotJSONError(BoundError):
+    """A value is not JSON keyq can store: the message says why (without naming the field)."""
+
+
+class TooLargeError(BoundError):
+    """A value's JSON is over the byte limit; ``size`` is how big it is."""
+
+    def __init__(self, size: int, max_bytes: int) -> None:
+        super().__init__(f"{size} bytes, over max_payload_bytes = {max_bytes}")
+        self.size = size
+
+
+def json_text(value: object, max_bytes: int) -> str:
+    """``value`` as compact JSON text that every keyq process can read back:
+    NotJSONError if it is not JSON (NaN, a set, a lone surrogate) or nests deeper than
+    MAX_JSON_DEPTH; TooLargeError if it is over ``max_bytes`` as UTF-8."""
+    try:
+        text = _encode(value)
+    except (TypeError, ValueError) as exc:
+        raise NotJSONError(str(exc)) from None
+    except RecursionError:
+        raise NotJSONError(f"it nests deeper than {MAX_JSON_DEPTH} levels") from None
+    if not storable(text):
+        raise NotJSONError("it holds a string that is not valid UTF-8 (a lone surrogate)")
+    if _deeper_than(text, value, MAX_JSON_DEPTH):
+        raise NotJSONError(f"it nests deeper than {MAX_JSON_DEPTH} levels")
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise TooLargeError(size, max_bytes)
+    return text
+
+
+def _deeper_than(text: str, value: object, limit: int) -> bool:
+    if text.count("[") + text.count("{") <= limit:
+        return False  # the common case, counted at C speed
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

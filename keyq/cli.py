@@ -171,6 +171,16 @@ def client(config: Path | None, apps: Sequence[str] = (), *, tasks: bool = False
     return Client(cfg)
 
 
+def parse_json(what: str, text: str) -> Any:
+    """A JSON argument, or exit 2 naming it."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{what} is not valid JSON: {exc}", code=2)
+    except RecursionError:
+        fail(f"{what} is not valid JSON: it nests too deeply", code=2)
+
+
 def emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else render(data))
 
@@ -225,10 +235,7 @@ def trigger(
     apps: AppOpt = None,
 ) -> None:
     """Trigger a run and print its id once it is durable (the daemon may be stopped)."""
-    try:
-        data = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        fail(f"payload is not valid JSON: {exc}", code=2)
+    data = parse_json("payload", payload)
     if queue_limit is not None and queue is None:
         fail("--queue-limit needs --queue", code=2)
     options: dict[str, Any] = {
@@ -332,10 +339,7 @@ def tokens_complete(
     Works while the daemon is stopped: the runs resume when it starts. A token
     already completed, or past its timeout, is refused (exit 1).
     """
-    try:
-        data = json.loads(output)
-    except json.JSONDecodeError as exc:
-        fail(f"output is not valid JSON: {exc}", code=2)
+    data = parse_json("output", output)
     with errors_reported(), client(config) as c:
         c.complete_token(token, data)
         typer.echo(f"completed {token}")

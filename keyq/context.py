@@ -259,16 +259,11 @@ class Context:
 
     def _encode(self, what: str, value: object) -> str:
         try:
-            text = _dumps(value)
-            size = len(text.encode("utf-8"))
-        except (TypeError, ValueError) as exc:
+            return bounds.json_text(value, self._host.max_result_bytes)
+        except bounds.TooLargeError as exc:
+            raise WaitError(f"{what} returned {exc}") from None
+        except bounds.NotJSONError as exc:
             raise WaitError(f"{what} returned a value that is not JSON: {exc}") from None
-        if size > self._host.max_result_bytes:
-            raise WaitError(
-                f"{what} returned {size} bytes, over max_payload_bytes = "
-                f"{self._host.max_result_bytes}"
-            )
-        return text
 
 
 _current: ContextVar[Context | None] = ContextVar("keyq_context", default=None)

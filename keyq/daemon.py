@@ -415,8 +415,11 @@ class Daemon:
         try:
             await self._loop()
         except CommitAbandoned as exc:
-            self._failure = exc
-            self._stop_requested.set()  # keyq serve stops (and its supervisor restarts it)
+            if exc.requested:  # nothing of the step was acted on: the next start recovers
+                self.log.warning("commit_abandoned", error=str(exc))
+            else:
+                self._failure = exc
+                self._stop_requested.set()  # keyq serve stops (its supervisor restarts it)
         finally:
             self._drained.set()  # a stop waiting for attempts to finish waits no more
             self._loop_done.set()

@@ -47,7 +47,12 @@ FIRST_RETRY_S, MAX_RETRY_S = 0.05, 5.0
 
 
 class CommitAbandoned(KeyqError):
-    """The daemon stopped retrying a commit the database kept refusing."""
+    """The daemon stopped retrying a commit the database kept refusing: because it was
+    asked to stop (``requested``), or because ``commit_retry`` ran out."""
+
+    def __init__(self, message: str, *, requested: bool) -> None:
+        super().__init__(message)
+        self.requested = requested
 
 
 class TooLateError(StoreError):
@@ -192,12 +197,11 @@ class Recorder:
         with anyio.move_on_after(delay):
             await self._stop.wait()
         if self._stop.is_set():
-            raise CommitAbandoned(f"stopped while the database refused a commit: {exc}")
+            message = f"stopped while the database refused a commit: {exc}"
+            raise CommitAbandoned(message, requested=True)
         if anyio.current_time() >= give_up_at:
-            raise CommitAbandoned(
-                f"the database refused every commit for {self._retry_for_s:g} s "
-                f"(commit_retry): {exc}"
-            )
+            message = f"the database refused every commit for {self._retry_for_s:g} s"
+            raise CommitAbandoned(f"{message} (commit_retry): {exc}", requested=False)
 
     # --- refusals -------------------------------------------------------------------------
 

@@ -14,13 +14,13 @@ import traceback
 
 import anyio
 
+from keyq import bounds
 from keyq.context import Context, reset_context, set_context
 from keyq.journal import ReplayMismatchError
 from keyq.model import Completed, ErrorInfo, Failed, Outcome
 from keyq.registry import Task
 
 _MAX_TRACEBACK = 8000  # characters kept in the run's record
-_encode = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
 _RETURNED_NONE = Completed("null")  # most tasks return nothing: no encoding to do
 
 
@@ -59,16 +59,12 @@ def encode_result(value: object, max_bytes: int) -> Outcome:
     if value is None:
         return _RETURNED_NONE
     try:
-        text = _encode(value)
-        # Encoding (not just counting) also refuses lone surrogates SQLite cannot store.
-        size = len(text) if text.isascii() else len(text.encode("utf-8"))
-    except (TypeError, ValueError) as exc:
+        return Completed(bounds.json_text(value, max_bytes))
+    except bounds.TooLargeError as exc:
+        return Failed(ErrorInfo("ResultTooLarge", f"the result is {exc}"), retryable=False)
+    except bounds.NotJSONError as exc:
         error = ErrorInfo("ResultNotJSON", f"the task returned a value that is not JSON: {exc}")
         return Failed(error, retryable=False)
-    if size > max_bytes:
-        message = f"the result is {size} bytes, over max_payload_bytes = {max_bytes}"
-        return Failed(ErrorInfo("ResultTooLarge", message), retryable=False)
-    return Completed(text)
 
 
 def error_info(exc: BaseException) -> ErrorInfo:

@@ -8,7 +8,6 @@ and ``now``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -101,20 +100,13 @@ def _build(
 def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
     """The payload as compact JSON text; PayloadError if not JSON or over ``max_bytes``."""
     try:
-        text = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from None
-    except RecursionError:
-        raise PayloadError(f"{what} is nested too deeply to encode as JSON") from None
-    if not bounds.storable(text):
-        raise PayloadError(f"{what} holds a string that is not valid UTF-8 (a lone surrogate)")
-    size = len(text) if text.isascii() else len(text.encode("utf-8"))
-    if size > max_bytes:
+        return bounds.json_text(payload, max_bytes)
+    except bounds.TooLargeError as exc:
         raise PayloadError(
-            f"{what} is {size} bytes, over max_payload_bytes = {max_bytes}; "
-            "store large data elsewhere and pass a reference"
-        )
-    return text
+            f"{what} is {exc}; store large data elsewhere and pass a reference"
+        ) from None
+    except bounds.NotJSONError as exc:
+        raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
 def _queue(value: Any, default: Queue) -> tuple[str, int | None]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -62,3 +64,20 @@ def ask(path: Path | None, line: bytes, *, read: bool = True) -> dict[str, Any] 
             data += chunk
     answer: dict[str, Any] = json.loads(data)
     return answer
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the disk has no byte left; the file, to delete to free it."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+    finally:
+        os.close(fd)
+    return filler

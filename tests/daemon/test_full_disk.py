@@ -1,22 +1,18 @@
 """A full disk under a running daemon: refused triggers are never run later, nothing is lost.
 
-The database lives on a small tmpfs the test mounts (root or a user namespace is needed:
-elsewhere the test is skipped, and says so in the summary). The disk is really full:
+The database lives on a small tmpfs the test mounts (the `small_disk` fixture: root is
+needed; elsewhere the test is skipped, and says so in the summary). The disk is really full:
 SQLite's own writes fail with "database or disk is full".
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from support import deadline
+from support import deadline, fill
 
 import keyq
 from keyq.config import Config
@@ -24,45 +20,6 @@ from keyq.errors import StoreError
 from keyq.registry import Registry
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs, unmounted after the test."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(
-            "NOT RUN: the full-disk test cannot mount a tmpfs here "
-            f"({mounted.stderr.strip() or mounted.returncode}); run it as root"
-        )
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Write a file until the disk has no byte left; the file, to delete to free it."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 4096, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-    finally:
-        os.close(fd)
-    return filler
 
 
 async def test_full_disk__refused_triggers_never_run_and_the_daemon_recovers(

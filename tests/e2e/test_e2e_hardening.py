@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from e2e_support import E2E_DIR, Project, subprocess_env, wait_final, wait_until
+from support import fill
 
+import keyq
 from keyq.bounds import MAX_INT64
 from keyq.clock import host_monotonic
 from keyq.ids import new_run_id
@@ -129,6 +131,53 @@ def test_e2e__at_the_fd_limit_the_daemon_backs_off_and_keeps_dispatching(
     assert answer_after["ok"] is True
     assert daemon.terminate() == 0
     assert len(daemon.log_text()) < 200_000
+
+
+def on_a_full_disk(project: Project, disk: Path, commit_retry: str) -> Path:
+    """The project's config, with its database on ``disk``; the filler's path."""
+    project.config.write_text(
+        f'database = "{disk}/keyq.db"\ncommit_retry = "{commit_retry}"\n\n'
+        '[log]\nlevel = "info"\nformat = "json"\n'
+    )
+    return disk / "filler"
+
+
+@pytest.mark.parametrize("ending", ["sigterm", "commit_retry"])
+def test_e2e__a_daemon_that_cannot_write_still_stops(
+    project: Project, small_disk: Path, ending: str
+) -> None:
+    """While the disk is full the daemon retries its commit; SIGTERM stops it at once
+    (exit 0: nothing of the step was acted on), and so does the end of commit_retry (exit 1,
+    daemon_failed, for systemd to restart it). A restart with space records the run."""
+    on_a_full_disk(project, small_disk, "2s" if ending == "commit_retry" else "5m")
+    # A run that finishes once the disk is full: its completion cannot be written.
+    database = small_disk / "keyq.db"
+    daemon = project.start_daemon(ready=False)
+    wait_until(lambda: "daemon_started" in daemon.events(), 15, daemon.describe)
+    client = keyq.Client(project.config)
+    run_id = client.trigger("e2e-sleep", {"s": 1.0}).id
+    wait_until(lambda: client.get_run(run_id)["status"] == "running", 10, daemon.describe)
+    filler = fill(small_disk)
+    wait_until(lambda: "commit_failed" in daemon.events(), 10, daemon.describe)
+    started = time.monotonic()
+    if ending == "sigterm":
+        assert daemon.terminate(timeout=10) == 0
+    else:
+        assert daemon.wait_exit(timeout=15) == 1
+        assert "daemon_failed" in daemon.events()
+        assert "commit_retry" in daemon.log_text()
+    assert time.monotonic() - started < 8
+    assert client.get_run(run_id)["status"] == "running"  # as recorded: nothing was acted on
+    client.close()
+
+    filler.unlink()
+    project.start_daemon(ready=False)
+    client = keyq.Client(project.config)
+    (run,) = wait_final(client, [run_id], timeout=20)
+    client.close()
+    assert run["status"] == "completed"
+    assert [e["reason"] for e in run["events"]][-3:] == ["interrupted", "restarted", "completed"]
+    assert database.exists()
 
 
 BROKEN_MODULES = {

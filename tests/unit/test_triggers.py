@@ -277,6 +277,31 @@ def test_encode_payload__counts_utf8_bytes_not_characters() -> None:
     assert encode_payload("ééé", 8) == '"ééé"'
 
 
+def _nested(levels: int) -> object:
+    value: object = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_encode_payload__nesting_is_bounded_so_every_reader_can_decode_it() -> None:
+    """JSON nested deeper than 100 levels is refused (Python's own reader gives up near
+    1,000, so a deeper payload would fail its attempt and every listing); a wide payload
+    with many brackets but little depth is fine."""
+    assert encode_payload(_nested(100), 10**6).count("[") == 100
+    with pytest.raises(PayloadError, match="nests deeper than 100 levels"):
+        encode_payload(_nested(101), 10**6)
+    with pytest.raises(PayloadError, match="nests deeper than 100 levels"):
+        encode_payload(_nested(5000), 10**6)
+    assert encode_payload([{"a": [1]}] * 5000, 10**6).startswith('[{"a":[1]}')
+
+
+def test_encode_payload__a_lone_surrogate_is_refused() -> None:
+    """Text SQLite cannot store as UTF-8 is refused before anything is written."""
+    with pytest.raises(PayloadError, match="not valid UTF-8"):
+        encode_payload({"name": "a\ud800"}, 10**6)
+
+
 def test_build_run__first_bad_option_wins_over_payload(task: Task) -> None:
     """Options are checked as well as the payload: an unknown option is reported first."""
     with pytest.raises(TriggerError, match="unknown trigger option"):
