@@ -210,3 +210,26 @@ def test_trigger__task_module_with_bad_definition_exits_2(project: Project) -> N
     assert "invalid task id 'bad id'" in result.stderr
     assert "Traceback" not in result.output
     assert project.rows() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-attempts", "100000000000000000000"], "max_attempts must be from 1 to 1000"),
+        (["--delay", "3000000d"], "delay must be a duration from 0 to 100 years"),
+        (["--priority", "100000000000000000000"], "priority must be from 1 to 10"),
+        (["--concurrency-key", "a\udcff"], "concurrency_key must be valid UTF-8"),
+        (["--queue", "q", "--queue-limit", str(10**30)], "queue.concurrency_limit must be"),
+    ],
+)
+def test_trigger__values_past_their_bounds_exit_2_naming_them(
+    project: Project, args: list[str], message: str
+) -> None:
+    """Failures 1, 2 and 6: a value past its bound (an attempt count over 64 bits, a delay
+    past the year 9999, an argument that is not UTF-8) is refused naming it, exit 2, nothing
+    stored; before, the first one reached the daemon and killed it at its commit."""
+    result = project.trigger("cli-echo", "{}", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert project.rows() == []
