@@ -2,7 +2,7 @@
 
 A run costs keyq one INSERT (the trigger) and two UPDATEs (started, completed).
 This writes exactly those statements (keyq's own named queries and row
-encoding, on a database created by ``keyq.db.connect``: same schema, WAL,
+encoding, on a database created by ``keyq.store.db.connect``: same schema, WAL,
 ``synchronous`` FULL for "full" and NORMAL for "normal") in batches of 1,000
 runs: one transaction inserts a batch, a second marks it running, a third
 completed, as a producer's batch and the daemon's two group commits would.
@@ -22,12 +22,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from bench.common import Options, Result, Row, workspace
-from keyq import db
+from keyq.core.model import Transition
+from keyq.core.states import COMPLETED, QUEUED, RUNNING
 from keyq.ids import new_run_id
-from keyq.model import Transition
 from keyq.registry import Registry
-from keyq.rows import new_run_params, transition_params
-from keyq.states import COMPLETED, QUEUED, RUNNING
+from keyq.store import db
+from keyq.store.codec import new_run_params, transition_params
 from keyq.triggers import build_run
 
 BATCH = 1000

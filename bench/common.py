@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import keyq
-from keyq.filesystems import mount_of
+from keyq.store.filesystems import mount_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP = "bench.tasks"

@@ -24,7 +24,7 @@ from typing import Any
 
 import keyq
 from examples import tasks as app
-from keyq.instance import daemon_running
+from keyq.store.instance import daemon_running
 
 QUEUES = ("analysis", "reports", "background")
 LIMIT = 2

@@ -18,7 +18,11 @@ from keyq.config import QueueConfig as QueueConfig
 from keyq.config import load_config as load_config
 from keyq.config import parse_config as parse_config
 from keyq.context import Context as Context
-from keyq.daemon import Daemon as Daemon
+from keyq.core.journal import ReplayMismatchError as ReplayMismatchError
+from keyq.core.model import ErrorInfo as ErrorInfo
+from keyq.core.retry import Retry as Retry
+from keyq.core.states import RunState as RunState
+from keyq.daemon.daemon import Daemon as Daemon
 from keyq.errors import ConfigError as ConfigError
 from keyq.errors import DaemonAlreadyRunningError as DaemonAlreadyRunningError
 from keyq.errors import DatabaseBusyError as DatabaseBusyError
@@ -33,8 +37,6 @@ from keyq.errors import TokenStateError as TokenStateError
 from keyq.errors import TriggerError as TriggerError
 from keyq.errors import UnknownTaskError as UnknownTaskError
 from keyq.errors import WaitError as WaitError
-from keyq.journal import ReplayMismatchError as ReplayMismatchError
-from keyq.model import ErrorInfo as ErrorInfo
 from keyq.registry import Queue as Queue
 from keyq.registry import Registry as Registry
 from keyq.registry import Task as Task
@@ -47,7 +49,5 @@ from keyq.results import RunResult as RunResult
 from keyq.results import TokenResult as TokenResult
 from keyq.results import TokenTimeoutError as TokenTimeoutError
 from keyq.results import WaitToken as WaitToken
-from keyq.retry import Retry as Retry
-from keyq.states import RunState as RunState
 
 __version__ = "0.1.0"

@@ -17,17 +17,19 @@ from typing import Any
 
 import anyio
 
-from keyq import admin, bounds, control, tokens
 from keyq.clock import SystemClock
 from keyq.config import Config, load_config
-from keyq.durations import parse_duration
+from keyq.core import bounds
+from keyq.core.durations import parse_duration
+from keyq.daemon import control
 from keyq.errors import InvalidArgumentError, KeyqError, RunNotFoundError, TriggerError
 from keyq.ids import new_token_id
-from keyq.inspect import Inspector
-from keyq.instance import InstanceLock, daemon_running, socket_path
 from keyq.producer import Producer, TriggerRequest, split_item
 from keyq.registry import Registry, Task, check_limit, check_name, default_registry
 from keyq.results import RunHandle, RunResult, WaitToken
+from keyq.store import admin, tokens
+from keyq.store.instance import InstanceLock, daemon_running, socket_path
+from keyq.store.reads import Inspector
 from keyq.triggers import check_idempotency_key, encode_payload
 
 

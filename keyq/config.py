@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from keyq import bounds
-from keyq.durations import parse_duration
+from keyq.core import bounds
+from keyq.core.durations import parse_duration
 from keyq.errors import ConfigError, DefinitionError
 from keyq.registry import check_name
 

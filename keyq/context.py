@@ -19,11 +19,11 @@ from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from keyq import bounds
-from keyq.durations import parse_duration
+from keyq.core import bounds
+from keyq.core.durations import parse_duration
+from keyq.core.journal import Entry, Journal, Kind, ReplayMismatchError
+from keyq.core.model import ChildResult, StartRun, Wait, WaitChildren, WaitToken, WaitUntil
 from keyq.errors import TriggerError, WaitError
-from keyq.journal import Entry, Journal, Kind, ReplayMismatchError
-from keyq.model import ChildResult, StartRun, Wait, WaitChildren, WaitToken, WaitUntil
 from keyq.results import RunHandle, RunResult, TokenResult
 from keyq.results import WaitToken as TokenHandle
 from keyq.triggers import check_idempotency_key

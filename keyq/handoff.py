@@ -30,8 +30,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from keyq import bounds
 from keyq.clock import host_monotonic
+from keyq.core import bounds
 from keyq.errors import TriggerError
 from keyq.registry import Registry
 from keyq.triggers import NewRun, build_run

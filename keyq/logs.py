@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import structlog
 
 from keyq.config import LogConfig
-from keyq.model import Transition
+from keyq.core.model import Transition
 
 _LEVELS = {
     "debug": logging.DEBUG,

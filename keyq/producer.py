@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from keyq import db
 from keyq.errors import DatabaseBusyError, TriggerError, map_store_errors
 from keyq.ids import new_run_id
-from keyq.instance import lock_path, read_pid
 from keyq.registry import Task
 from keyq.results import RunHandle
-from keyq.rows import new_run_params
+from keyq.store import db
+from keyq.store.codec import new_run_params
+from keyq.store.instance import lock_path, read_pid
 from keyq.triggers import NewRun, build_run
 
 if TYPE_CHECKING:

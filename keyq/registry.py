@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from keyq import bounds
+from keyq.core import bounds
+from keyq.core.retry import DEFAULT_RETRY, Retry
 from keyq.errors import DefinitionError, UnknownTaskError
-from keyq.retry import DEFAULT_RETRY, Retry
 
 if TYPE_CHECKING:
     from keyq.results import RunHandle, RunResult

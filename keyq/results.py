@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from keyq.core.model import ErrorInfo
+from keyq.core.states import RunState
 from keyq.errors import KeyqError
-from keyq.model import ErrorInfo
-from keyq.states import RunState
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from keyq import bounds
-from keyq.bounds import MAX_KEY_LENGTH, MAX_TAG_LENGTH, MAX_TAGS, BoundError
-from keyq.durations import parse_duration
+from keyq.core import bounds
+from keyq.core.bounds import MAX_KEY_LENGTH, MAX_TAG_LENGTH, MAX_TAGS, BoundError
+from keyq.core.durations import parse_duration
+from keyq.core.model import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from keyq.core.states import DELAYED, QUEUED, RunState
 from keyq.errors import DefinitionError, PayloadError, TriggerError
-from keyq.model import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from keyq.registry import Queue, Task, check_limit, check_name
-from keyq.states import DELAYED, QUEUED, RunState
 
 OPTIONS = frozenset(
     {"concurrency_key", "queue", "priority", "delay", "idempotency_key", "max_attempts", "tags"}

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from keyq import db
-from keyq.model import ErrorInfo, Transition
-from keyq.rows import transition_params
-from keyq.states import FAILED, QUEUED, RUNNING
+from keyq.core.model import ErrorInfo, Transition
+from keyq.core.states import FAILED, QUEUED, RUNNING
+from keyq.store import db
+from keyq.store.codec import transition_params
 
 Project = Any
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from keyq.instance import daemon_running
+from keyq.store.instance import daemon_running
 
 RUN_ID = re.compile(r"^run_[0-9a-z]{26}$")
 Project = Any

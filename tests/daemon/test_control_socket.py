@@ -11,8 +11,9 @@ import pytest
 from support import deadline
 
 import keyq
-from keyq import control, handoff
+from keyq import handoff
 from keyq.config import Config
+from keyq.daemon import control
 from keyq.registry import Registry, Task
 
 pytestmark = pytest.mark.anyio

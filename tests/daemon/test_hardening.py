@@ -17,12 +17,12 @@ import pytest
 from support import ask, deadline
 
 import keyq
-from keyq import db
 from keyq.clock import host_monotonic
 from keyq.config import Config
 from keyq.errors import StoreError, TriggerError
 from keyq.ids import new_run_id
 from keyq.registry import Registry, Task
+from keyq.store import db
 
 pytestmark = pytest.mark.anyio
 

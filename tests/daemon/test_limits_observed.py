@@ -11,7 +11,7 @@ from support import Overlap, deadline, work
 
 import keyq
 from keyq.config import Config, LimitsConfig
-from keyq.limits import QueueLimit
+from keyq.core.limits import QueueLimit
 from keyq.registry import Registry
 
 pytestmark = pytest.mark.anyio

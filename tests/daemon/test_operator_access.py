@@ -24,8 +24,8 @@ from support import deadline
 
 import keyq
 from keyq.config import Config, SecurityConfig
-from keyq.instance import lock_path, socket_path
 from keyq.registry import Registry
+from keyq.store.instance import lock_path, socket_path
 
 pytestmark = pytest.mark.anyio
 

@@ -15,9 +15,9 @@ from support import Overlap, deadline
 import keyq
 from keyq.clock import FakeClock
 from keyq.config import Config
+from keyq.core.states import RunState
 from keyq.producer import Producer
 from keyq.registry import Registry
-from keyq.states import RunState
 
 pytestmark = pytest.mark.anyio
 
@@ -153,8 +153,8 @@ async def test_attempt__a_crash_in_keyq_own_code_fails_the_run_and_frees_its_slo
             raise RuntimeError("bug in the runner")
         return await real_run_attempt(task, payload, ctx, max_result_bytes)
 
-    real_run_attempt = keyq.daemon.run_attempt
-    monkeypatch.setattr(keyq.daemon, "run_attempt", broken)
+    real_run_attempt = keyq.daemon.daemon.run_attempt
+    monkeypatch.setattr(keyq.daemon.daemon, "run_attempt", broken)
     async with keyq.Daemon(config, registry=registry) as daemon:
         bad = await victim.trigger({})
         async with deadline():

@@ -11,8 +11,8 @@ from support import deadline
 import keyq
 from keyq.clock import FakeClock
 from keyq.config import Config
+from keyq.core.states import RunState
 from keyq.registry import Registry
-from keyq.states import RunState
 
 pytestmark = pytest.mark.anyio
 

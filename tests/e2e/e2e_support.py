@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import keyq
-from keyq.instance import socket_path
+from keyq.store.instance import socket_path
 
 E2E_DIR = Path(__file__).resolve().parent
 TASK_MODULE = "e2e_tasks"

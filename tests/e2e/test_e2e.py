@@ -25,7 +25,7 @@ from e2e_support import (
     wait_until,
 )
 
-from keyq.instance import lock_path, read_pid, socket_path
+from keyq.store.instance import lock_path, read_pid, socket_path
 
 pytestmark = pytest.mark.slow
 

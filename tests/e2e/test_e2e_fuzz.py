@@ -27,7 +27,7 @@ import keyq
 from keyq.cli import app
 from keyq.clock import host_monotonic
 from keyq.ids import new_run_id
-from keyq.instance import socket_path
+from keyq.store.instance import socket_path
 
 pytestmark = pytest.mark.slow
 

@@ -19,10 +19,10 @@ from e2e_support import E2E_DIR, Project, subprocess_env, wait_final, wait_until
 from support import fill
 
 import keyq
-from keyq.bounds import MAX_INT64
 from keyq.clock import host_monotonic
+from keyq.core.bounds import MAX_INT64
 from keyq.ids import new_run_id
-from keyq.instance import socket_path
+from keyq.store.instance import socket_path
 
 pytestmark = pytest.mark.slow
 

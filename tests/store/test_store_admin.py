@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from keyq import admin, db
 from keyq.clock import FakeClock
 from keyq.config import Config
 from keyq.errors import RunNotFoundError, RunStateError
 from keyq.producer import Producer
 from keyq.registry import Task
+from keyq.store import admin, db
 
 Rows = Callable[..., list[dict[str, Any]]]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from keyq import db
 from keyq.errors import StoreError
+from keyq.store import db
 
 
 @pytest.fixture

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from keyq import db
 from keyq.clock import FakeClock
 from keyq.config import Config
+from keyq.core.model import ErrorInfo, Transition
+from keyq.core.states import COMPLETED, DELAYED, FAILED, QUEUED, RUNNING, WAITING, RunState
 from keyq.errors import RunNotFoundError
-from keyq.inspect import Inspector, NoDatabaseError
-from keyq.model import ErrorInfo, Transition
 from keyq.producer import Producer
 from keyq.registry import Task
-from keyq.rows import transition_params
-from keyq.states import COMPLETED, DELAYED, FAILED, QUEUED, RUNNING, WAITING, RunState
+from keyq.store import db
+from keyq.store.codec import transition_params
+from keyq.store.reads import Inspector, NoDatabaseError
 
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 SPEC_FIELDS = {

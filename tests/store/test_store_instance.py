@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from keyq import db
 from keyq.errors import DaemonAlreadyRunningError, UnsafeDatabaseError
-from keyq.filesystems import NETWORK, check_database, mount_of
-from keyq.instance import InstanceLock, daemon_running, lock_path, read_pid, socket_path
+from keyq.store import db
+from keyq.store.filesystems import NETWORK, check_database, mount_of
+from keyq.store.instance import InstanceLock, daemon_running, lock_path, read_pid, socket_path
 
 
 def test_instance_lock__second_daemon_is_refused_naming_the_pid(database: Path) -> None:

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from keyq import db
+from keyq.store import db
 
-OPEN_AND_CLOSE = "from keyq import db; from pathlib import Path; import sys; " \
+OPEN_AND_CLOSE = "from keyq.store import db; from pathlib import Path; import sys; " \
     "db.connect(Path(sys.argv[1])).close()"  # fmt: skip
 
 

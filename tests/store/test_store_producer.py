@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from keyq import db
 from keyq.clock import FakeClock
 from keyq.errors import DatabaseBusyError, PayloadError, StoreError, TriggerError
 from keyq.ids import new_run_id
-from keyq.instance import InstanceLock
 from keyq.producer import Producer
 from keyq.registry import Task
 from keyq.results import RunHandle
+from keyq.store import db
+from keyq.store.instance import InstanceLock
 
 Rows = Callable[..., list[dict[str, Any]]]
 

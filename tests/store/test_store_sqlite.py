@@ -15,12 +15,8 @@ from anyio import wait_all_tasks_blocked
 
 from keyq.clock import FakeClock
 from keyq.config import Config
-from keyq.errors import StoreError
-from keyq.ids import new_run_id
-from keyq.model import ChildResult, ErrorInfo, RunSpec, Transition, WaitChildren, WaitUntil
-from keyq.producer import Producer
-from keyq.registry import Task
-from keyq.states import (
+from keyq.core.model import ChildResult, ErrorInfo, RunSpec, Transition, WaitChildren, WaitUntil
+from keyq.core.states import (
     CANCELED,
     COMPLETED,
     DELAYED,
@@ -30,7 +26,11 @@ from keyq.states import (
     WAITING,
     RunState,
 )
-from keyq.store import INLINE_ROWS, SqliteStore
+from keyq.errors import StoreError
+from keyq.ids import new_run_id
+from keyq.producer import Producer
+from keyq.registry import Task
+from keyq.store.sqlite import INLINE_ROWS, SqliteStore
 
 PARENT = new_run_id(1.0)
 

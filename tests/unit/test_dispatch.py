@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from keyq.dispatch import Dispatcher, Popped
-from keyq.limits import Key, Limits, QueueLimit
-from keyq.model import RESUME_PRIORITY
+from keyq.core.dispatch import Dispatcher, Popped
+from keyq.core.limits import Key, Limits, QueueLimit
+from keyq.core.model import RESUME_PRIORITY
 
 
 class CountingLimits(Limits):

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from keyq.durations import format_duration, parse_duration
+from keyq.core.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from keyq.engine import Engine, TaskPolicy
-from keyq.limits import Key, Limits, QueueLimit
-from keyq.model import (
+from keyq.core.engine import Engine, TaskPolicy
+from keyq.core.limits import Key, Limits, QueueLimit
+from keyq.core.model import (
     Cancelled,
     ChildResult,
     Completed,
@@ -37,8 +37,8 @@ from keyq.model import (
     WaitChildren,
     WaitUntil,
 )
-from keyq.retry import Retry
-from keyq.states import CANCELED, COMPLETED, DELAYED, FAILED, FINAL, QUEUED, RUNNING, RunState
+from keyq.core.retry import Retry
+from keyq.core.states import CANCELED, COMPLETED, DELAYED, FAILED, FINAL, QUEUED, RUNNING, RunState
 
 T0 = 1_234_567_890.25
 QUEUES = ("q0", "q1", "q2")

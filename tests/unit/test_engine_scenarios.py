@@ -11,10 +11,9 @@ import random
 
 import pytest
 
-from keyq.engine import Engine, TaskPolicy
-from keyq.errors import RunStateError
-from keyq.limits import Limits, QueueLimit
-from keyq.model import (
+from keyq.core.engine import Engine, TaskPolicy
+from keyq.core.limits import Limits, QueueLimit
+from keyq.core.model import (
     Cancelled,
     ChildResult,
     Completed,
@@ -27,8 +26,8 @@ from keyq.model import (
     WaitToken,
     WaitUntil,
 )
-from keyq.retry import Retry
-from keyq.states import (
+from keyq.core.retry import Retry
+from keyq.core.states import (
     CANCELED,
     COMPLETED,
     DELAYED,
@@ -39,6 +38,7 @@ from keyq.states import (
     WAITING,
     RunState,
 )
+from keyq.errors import RunStateError
 
 T0 = 1_234_567_890.25
 BOOM = ErrorInfo("ValueError", "boom")

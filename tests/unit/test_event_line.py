@@ -7,9 +7,9 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyq.model import ErrorInfo
-from keyq.rows import event_line
-from keyq.states import RunState
+from keyq.core.model import ErrorInfo
+from keyq.core.states import RunState
+from keyq.store.codec import event_line
 
 REASONS = st.sampled_from(["triggered", "started", "wait_done", "token_timeout", "interrupted"])
 STATES = st.sampled_from(list(RunState))

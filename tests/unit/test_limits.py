@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from keyq.core.limits import Limits, QueueLimit
 from keyq.errors import SlotError
-from keyq.limits import Limits, QueueLimit
 
 
 def _fill(limits: Limits, queue: str, key: str | None, n: int, prefix: str = "r") -> list[str]:

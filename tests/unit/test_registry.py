@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from keyq.core.retry import DEFAULT_RETRY, Retry
 from keyq.errors import DefinitionError, UnknownTaskError
 from keyq.registry import Queue, Registry, Task, check_name
-from keyq.retry import DEFAULT_RETRY, Retry
 
 
 async def _noop(payload: Any, ctx: Any) -> None:

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from keyq.core.retry import DEFAULT_RETRY, Retry
 from keyq.errors import DefinitionError
-from keyq.retry import DEFAULT_RETRY, Retry
 
 
 def test_retry__exponential_doubles_from_min_delay() -> None:

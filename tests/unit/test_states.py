@@ -6,8 +6,7 @@ import itertools
 
 import pytest
 
-from keyq.errors import IllegalTransition, KeyqError
-from keyq.states import (
+from keyq.core.states import (
     ACTIVE,
     CANCELED,
     COMPLETED,
@@ -22,6 +21,7 @@ from keyq.states import (
     RunState,
     check_transition,
 )
+from keyq.errors import IllegalTransition, KeyqError
 
 ALLOWED = [(src, dst) for src, dsts in TRANSITIONS.items() for dst in sorted(dsts)]
 ILLEGAL = [

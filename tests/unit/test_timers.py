@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keyq.timers import Deadlines
+from keyq.core.timers import Deadlines
 
 T0 = 1_234_567_890.25
 

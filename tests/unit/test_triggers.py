@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from keyq.core.retry import Retry
+from keyq.core.states import DELAYED, QUEUED
 from keyq.errors import PayloadError, TriggerError
 from keyq.ids import new_run_id
 from keyq.registry import Queue, Registry, Task
-from keyq.retry import Retry
-from keyq.states import DELAYED, QUEUED
 from keyq.triggers import NewRun, build_run, encode_payload
 
 NOW = 1_700_000_000.5

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from keyq.durations import format_duration
-from keyq.rows import iso
+from keyq.core.durations import format_duration
+from keyq.store.codec import iso
 
 ACTIVE_COLUMNS = ("queued", "delayed", "running", "waiting")
 FINAL_COLUMNS = ("completed", "failed", "canceled")

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from sys import intern
 from typing import Any
 
-from keyq.model import ErrorInfo, RunSpec, Transition, Wait, WaitChildren, WaitToken, WaitUntil
-from keyq.states import FINAL, RUNNING, RunState
+from keyq.core.model import ErrorInfo, RunSpec, Transition, Wait, WaitChildren, WaitToken, WaitUntil
+from keyq.core.states import FINAL, RUNNING, RunState
 from keyq.triggers import NewRun
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -31,7 +31,7 @@ def iso(ts: float | None) -> str | None:
         return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
     except (OverflowError, ValueError, OSError):
         # Out of datetime's range: only rows written before every time was bounded
-        # (keyq.bounds) hold one. Shown at the end of the range, not as a traceback.
+        # (keyq.core.bounds) hold one. Shown at the end of the range, not as a traceback.
         return "9999-12-31T23:59:59.999Z" if ts > 0 else "0001-01-01T00:00:00.000Z"
 
 

@@ -33,13 +33,13 @@ from typing import Any
 import anyio
 
 from keyq import handoff
-from keyq.engine import Engine
+from keyq.core.engine import Engine
+from keyq.core.journal import Entry
+from keyq.core.model import ErrorInfo, RunId, Step, Transition
+from keyq.core.states import FAILED
+from keyq.daemon.replies import Reply
 from keyq.errors import KeyqError, StoreError, UnstorableError
-from keyq.journal import Entry
-from keyq.model import ErrorInfo, RunId, Step, Transition
-from keyq.slots import Reply
-from keyq.states import FAILED
-from keyq.store import SqliteStore
+from keyq.store.sqlite import SqliteStore
 from keyq.triggers import NewRun
 
 JournalWrite = tuple[RunId, Entry, float]

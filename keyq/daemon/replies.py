@@ -12,7 +12,7 @@ T_contra = TypeVar("T_contra", contravariant=True)
 
 class Reply(Protocol[T_contra]):
     """Where the daemon's loop puts the outcome of a command: a :class:`Slot` an
-    awaiting caller holds, or an answer written straight to a client (keyq.control)."""
+    awaiting caller holds, or an answer written straight to a client (keyq.daemon.control)."""
 
     def set(self, value: T_contra) -> None: ...
 

@@ -2,7 +2,7 @@
 
 The engine is a value-in, value-out object in the style of h11's
 ``ConnectionState``: its methods take ``now`` and mutate in-memory state, and
-``tick(now)`` hands back one :class:`~keyq.model.Step` holding everything the
+``tick(now)`` hands back one :class:`~keyq.core.model.Step` holding everything the
 shell must do: the transitions to persist (in one transaction), then the runs
 to start and the attempts to cancel. It never awaits, logs or reads a clock.
 
@@ -22,10 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from keyq.dispatch import Dispatcher
-from keyq.errors import RunStateError
-from keyq.limits import Key, Limits, QueueLimit
-from keyq.model import (
+from keyq.core.dispatch import Dispatcher
+from keyq.core.limits import Key, Limits, QueueLimit
+from keyq.core.model import (
     RESUME_PRIORITY,
     Cancelled,
     CancelRequest,
@@ -44,8 +43,8 @@ from keyq.model import (
     WaitToken,
     WaitUntil,
 )
-from keyq.retry import DEFAULT_RETRY, Retry
-from keyq.states import (
+from keyq.core.retry import DEFAULT_RETRY, Retry
+from keyq.core.states import (
     CANCELED,
     COMPLETED,
     DELAYED,
@@ -56,7 +55,8 @@ from keyq.states import (
     RunState,
     check_transition,
 )
-from keyq.timers import Deadlines
+from keyq.core.timers import Deadlines
+from keyq.errors import RunStateError
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from keyq.core.model import RunId
 from keyq.errors import SlotError
-from keyq.model import RunId
 
 Key = str | None
 

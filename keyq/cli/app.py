@@ -19,15 +19,7 @@ from typing import Annotated, Any, NoReturn
 import anyio
 import typer
 
-from keyq.admin import UNSET
-from keyq.client import Client
-from keyq.config import Config, load_config
-from keyq.daemon import Daemon
-from keyq.errors import DefinitionError, InvalidArgumentError, KeyqError, TriggerError
-from keyq.eventloop import new_event_loop
-from keyq.logs import configure_logging
-from keyq.registry import default_registry
-from keyq.views import (
+from keyq.cli.render import (
     render_keys,
     render_queues,
     render_run,
@@ -35,6 +27,14 @@ from keyq.views import (
     render_stats,
     render_tokens,
 )
+from keyq.client import Client
+from keyq.config import Config, load_config
+from keyq.daemon.daemon import Daemon
+from keyq.errors import DefinitionError, InvalidArgumentError, KeyqError, TriggerError
+from keyq.eventloop import new_event_loop
+from keyq.logs import configure_logging
+from keyq.registry import default_registry
+from keyq.store.admin import UNSET
 
 app = typer.Typer(
     name="keyq",
@@ -161,7 +161,7 @@ def import_failure(module: str, exc: BaseException) -> str:
     return f"cannot import task module {module!r}{where}: {cause}"
 
 
-_KEYQ_DIR = str(Path(__file__).resolve().parent)
+_KEYQ_DIR = str(Path(__file__).resolve().parents[1])  # the keyq package
 
 
 def client(config: Path | None, apps: Sequence[str] = (), *, tasks: bool = False) -> Client:
@@ -276,7 +276,7 @@ def runs_list(
     config: ConfigOpt = None,
 ) -> None:
     """List runs, newest first."""
-    from keyq.inspect import STATUSES
+    from keyq.store.reads import STATUSES
 
     if status is not None and status not in STATUSES:
         fail(f"--status must be one of {', '.join(STATUSES)}; got {status!r}", code=2)

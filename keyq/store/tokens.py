@@ -15,11 +15,11 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from keyq import db
+from keyq.core.model import ErrorInfo
 from keyq.errors import TokenNotFoundError, TokenStateError
-from keyq.model import ErrorInfo
 from keyq.results import TokenResult, WaitToken
-from keyq.rows import iso
+from keyq.store import db
+from keyq.store.codec import iso
 
 Q = db.QUERIES
 

@@ -16,7 +16,7 @@ The write-ahead rule: no run starts, and no outcome is acknowledged, before
 its transition is on disk. A crash at any point therefore loses nothing that
 was acknowledged; runs caught RUNNING are re-queued on the next start.
 
-Waits and steps are recorded in the run's journal (:mod:`keyq.journal`). A
+Waits and steps are recorded in the run's journal (:mod:`keyq.core.journal`). A
 waiting run keeps its coroutine for ``checkpoint_after`` seconds, then only
 its record: when its wait ends, or after a restart, its function runs again
 from the top and replays the journal up to where it waited.
@@ -37,26 +37,14 @@ import anyio
 import anyio.abc
 import structlog
 
-from keyq import handoff, systemd
+from keyq import handoff
 from keyq.clock import Clock, SystemClock
 from keyq.config import Config, load_config
 from keyq.context import Context
-from keyq.engine import Engine, EngineStatistics, TaskPolicy
-from keyq.errors import (
-    KeyqError,
-    RunNotFoundError,
-    RunStateError,
-    StoreError,
-    TokenNotFoundError,
-    TriggerError,
-    WaitError,
-)
-from keyq.ids import new_token_id
-from keyq.instance import InstanceLock, socket_path
-from keyq.journal import Entry, Journal
-from keyq.limits import Limits
-from keyq.logs import configure_logging, get_logger, log_transitions
-from keyq.model import (
+from keyq.core.engine import Engine, EngineStatistics, TaskPolicy
+from keyq.core.journal import Entry, Journal
+from keyq.core.limits import Limits
+from keyq.core.model import (
     Cancelled,
     ChildResult,
     ErrorInfo,
@@ -70,19 +58,32 @@ from keyq.model import (
     WaitChildren,
     WaitToken,
 )
-from keyq.permissions import FileAccess, database_files
+from keyq.core.settings import key_settings, queue_settings
+from keyq.core.states import DELAYED, FAILED, FINAL, QUEUED, RunState
+from keyq.core.timers import Deadlines
+from keyq.daemon import systemd
+from keyq.daemon.recorder import CommitAbandoned, HandIn, Recorder
+from keyq.daemon.replies import Reply, Slot
+from keyq.daemon.runner import error_info, run_attempt
+from keyq.errors import (
+    KeyqError,
+    RunNotFoundError,
+    RunStateError,
+    StoreError,
+    TokenNotFoundError,
+    TriggerError,
+    WaitError,
+)
+from keyq.ids import new_token_id
+from keyq.logs import configure_logging, get_logger, log_transitions
 from keyq.producer import Producer, TriggerRequest, reset_current, set_current
-from keyq.recorder import CommitAbandoned, HandIn, Recorder
 from keyq.registry import Registry, Task, default_registry
 from keyq.results import RunHandle, RunResult, TokenResult
 from keyq.results import WaitToken as TokenHandle
-from keyq.rows import spec_from_new
-from keyq.runner import error_info, run_attempt
-from keyq.settings import key_settings, queue_settings
-from keyq.slots import Reply, Slot
-from keyq.states import DELAYED, FAILED, FINAL, QUEUED, RunState
-from keyq.store import SqliteStore
-from keyq.timers import Deadlines
+from keyq.store.codec import spec_from_new
+from keyq.store.instance import InstanceLock, socket_path
+from keyq.store.permissions import FileAccess, database_files
+from keyq.store.sqlite import SqliteStore
 from keyq.triggers import NewRun
 
 STRAY_CANCEL = "the task raised CancelledError without being cancelled (an awaited task was?)"
@@ -231,7 +232,7 @@ class Daemon:
         for path in [*database_files(self.config.database), self._lock.path]:
             self.access.apply(path)
         if self.socket_path is not None:
-            from keyq.control import serve_control
+            from keyq.daemon.control import serve_control
 
             await self._tg.start(serve_control, self, self.socket_path)
         self._tg.start_soon(self._main_loop, name="keyq main loop")
@@ -676,7 +677,7 @@ class Daemon:
                 reply.fail(error)
 
     async def _record(self, step: Step, now: float) -> tuple[Step, dict[RunId, StoreError]]:
-        """Commit the step, shielded from cancellation (keyq.recorder says what a failure
+        """Commit the step, shielded from cancellation (keyq/daemon/recorder.py: what a failure
         does); returns what was recorded and the runs whose changes were refused."""
         assert self._recorder is not None
         entries, self._entries = self._entries, []

@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from keyq.limits import Key, Limits
-from keyq.model import MAX_PRIORITY, RunId
+from keyq.core.limits import Key, Limits
+from keyq.core.model import MAX_PRIORITY, RunId
 
 LEVELS = MAX_PRIORITY + 1  # 0 (resume) .. 10
 

@@ -28,15 +28,15 @@ from typing import Any, TypeVar
 
 import anyio
 
-from keyq import db
 from keyq.config import Config
+from keyq.core.journal import Entry
+from keyq.core.model import CancelRequest, ChildResult, RunId, RunSpec, Transition, WaitToken
+from keyq.core.states import ACTIVE_ORDER, RunState
 from keyq.errors import is_busy, map_store_errors
-from keyq.journal import Entry
-from keyq.model import CancelRequest, ChildResult, RunId, RunSpec, Transition, WaitToken
 from keyq.results import WaitToken as TokenHandle
-from keyq.rows import error_from_json, new_run_params, spec_from_row, transition_params
-from keyq.states import ACTIVE_ORDER, RunState
-from keyq.tokens import TokenRow, token_from_row
+from keyq.store import db
+from keyq.store.codec import error_from_json, new_run_params, spec_from_row, transition_params
+from keyq.store.tokens import TokenRow, token_from_row
 from keyq.triggers import NewRun
 
 Q = db.QUERIES

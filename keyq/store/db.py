@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import LiteralString, cast
 
 from keyq.errors import StoreError, map_store_errors
-from keyq.filesystems import check_database
-from keyq.permissions import FileAccess
+from keyq.store.filesystems import check_database
+from keyq.store.permissions import FileAccess
 
 MIGRATIONS: tuple[str, ...] = ("001_initial.sql", "002_journal_tokens.sql")
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def _load_queries() -> dict[str, LiteralString]:
-    text = resources.files("keyq.sql").joinpath("queries.sql").read_text(encoding="utf-8")
+    text = resources.files("keyq.store.sql").joinpath("queries.sql").read_text(encoding="utf-8")
     queries: dict[str, LiteralString] = {}
     for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
         name, _, body = block.partition("\n")
@@ -167,7 +167,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def _apply(conn: sqlite3.Connection, name: str) -> None:
-    script = resources.files("keyq.sql").joinpath(name).read_text(encoding="utf-8")
+    script = resources.files("keyq.store.sql").joinpath(name).read_text(encoding="utf-8")
     # executescript would COMMIT our transaction; run the statements one by one.
     statement = ""
     for line in script.splitlines():

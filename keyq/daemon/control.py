@@ -35,7 +35,7 @@ from keyq.errors import DaemonNotRunningError, KeyqError, TriggerError
 from keyq.triggers import NewRun
 
 if TYPE_CHECKING:
-    from keyq.daemon import Daemon
+    from keyq.daemon.daemon import Daemon
 
 MAX_LINE = handoff.MAX_MESSAGE_BYTES
 
@@ -146,7 +146,8 @@ class _Acceptor:
 
 
 class _Answer:
-    """One request's place in its connection's answer order (a :class:`keyq.slots.Reply`)."""
+    """One request's place in its connection's answer order (a
+    :class:`~keyq.daemon.replies.Reply`)."""
 
     __slots__ = ("_connection", "line")
 

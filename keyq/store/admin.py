@@ -11,10 +11,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from keyq import db
+from keyq.core.states import CANCELED, FINAL, RunState
 from keyq.errors import RunNotFoundError, RunStateError, map_store_errors
-from keyq.rows import event_line
-from keyq.states import CANCELED, FINAL, RunState
+from keyq.store import db
+from keyq.store.codec import event_line
 
 UNSET: Any = object()
 

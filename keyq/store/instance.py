@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from keyq.errors import DaemonAlreadyRunningError
-from keyq.filesystems import check_database, real_path
+from keyq.store.filesystems import check_database, real_path
 
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; leave room
 
@@ -70,7 +70,7 @@ class InstanceLock:
         A holder that wrote no pid is a CLI command probing or cancelling for a
         moment: wait for it (up to about 2 s) rather than refuse to start.
         A database with a second hard link or on a network file system is refused
-        first (:func:`keyq.filesystems.check_database`).
+        first (:func:`keyq.store.filesystems.check_database`).
         """
         check_database(self.database)
         for _ in range(40):

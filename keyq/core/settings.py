@@ -15,11 +15,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from keyq.config import QueueConfig
-from keyq.limits import QueueLimit
-from keyq.registry import Queue
+from keyq.core.limits import QueueLimit
+
+
+class CodeQueue(Protocol):
+    """A queue as the code defines it (``keyq.Queue``)."""
+
+    @property
+    def concurrency_limit(self) -> int | None: ...
+    @property
+    def total_limit(self) -> int | None: ...
+
+
+class ConfigQueue(CodeQueue, Protocol):
+    """A queue as the config sets it (``[queues.NAME]``, ``keyq.config.QueueConfig``)."""
+
+    @property
+    def paused(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +51,8 @@ class KeySetting:
 
 
 def queue_settings(
-    code: Mapping[str, Queue],
-    config: Mapping[str, QueueConfig],
+    code: Mapping[str, CodeQueue],
+    config: Mapping[str, ConfigQueue],
     stored: Iterable[Mapping[str, Any]],
 ) -> dict[str, QueueSetting]:
     """The effective limit and pause state of every queue any layer mentions."""

@@ -1,4 +1,4 @@
-"""Run one attempt of a task and report how it ended, as an :data:`~keyq.model.Outcome`.
+"""Run one attempt of a task and report how it ended, as an :data:`~keyq.core.model.Outcome`.
 
 The runner only calls the function: the payload is decoded from JSON, a sync
 function goes to a worker thread, an exception becomes ``Failed``, and a return
@@ -14,10 +14,10 @@ import traceback
 
 import anyio
 
-from keyq import bounds
 from keyq.context import Context, reset_context, set_context
-from keyq.journal import ReplayMismatchError
-from keyq.model import Completed, ErrorInfo, Failed, Outcome
+from keyq.core import bounds
+from keyq.core.journal import ReplayMismatchError
+from keyq.core.model import Completed, ErrorInfo, Failed, Outcome
 from keyq.registry import Task
 
 _MAX_TRACEBACK = 8000  # characters kept in the run's record

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keyq.states import RunState
+from keyq.core.states import RunState
 
 RunId = str
 

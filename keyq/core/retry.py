@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from keyq import bounds
+from keyq.core import bounds
 from keyq.errors import DefinitionError
 
 Backoff = Literal["exponential", "fixed"]

@@ -12,15 +12,15 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from keyq import db
 from keyq.config import Config
+from keyq.core.limits import QueueLimit
+from keyq.core.settings import QueueSetting, queue_settings
+from keyq.core.states import FINAL, RunState
 from keyq.errors import KeyqError, RunNotFoundError, map_store_errors
-from keyq.limits import QueueLimit
 from keyq.registry import Queue
 from keyq.results import RunResult
-from keyq.rows import error_from_json, run_json
-from keyq.settings import QueueSetting, queue_settings
-from keyq.states import FINAL, RunState
+from keyq.store import db
+from keyq.store.codec import error_from_json, run_json
 
 STATUSES = [s.value for s in RunState]
 ACTIVE_NAMES = ("queued", "delayed", "running", "waiting")
