@@ -17,15 +17,23 @@ from typing import Any
 
 import anyio
 
+from keyq import channel
 from keyq.clock import SystemClock
 from keyq.config import Config, load_config
 from keyq.core import bounds
+from keyq.core.bounds import check_limit, check_name
 from keyq.core.durations import parse_duration
-from keyq.daemon import control
 from keyq.errors import InvalidArgumentError, KeyqError, RunNotFoundError, TriggerError
 from keyq.ids import new_token_id
-from keyq.producer import Producer, TriggerRequest, split_item
-from keyq.registry import Registry, Task, check_limit, check_name, default_registry
+from keyq.producer import Producer
+from keyq.registry import (
+    Registry,
+    Task,
+    TriggerRequest,
+    default_registry,
+    split_item,
+    use_default_producer,
+)
 from keyq.results import RunHandle, RunResult, WaitToken
 from keyq.store import admin, tokens
 from keyq.store.instance import InstanceLock, daemon_running, socket_path
@@ -43,7 +51,7 @@ class Client:
         self.registry = registry if registry is not None else default_registry
         self._clock = SystemClock()
         self._socket = socket_path(self.config.database)
-        self._channel = control.Channel(self._socket)
+        self._channel = channel.Channel(self._socket)
         self._producer = Producer(
             self.config,
             now=self._clock.now,
@@ -234,7 +242,7 @@ class Client:
             self._ask({"op": "settings"})
 
     def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        answer = control.request(self._socket, message)
+        answer = channel.request(self._socket, message)
         if not answer.get("ok"):
             raise KeyqError(answer.get("error", "the daemon refused the request"))
         return answer
@@ -309,3 +317,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         self.sync.close()
+
+
+# Task.trigger outside a daemon stores through a client of the configuration.
+use_default_producer(AsyncClient)

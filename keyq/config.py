@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from keyq.core import bounds
+from keyq.core.bounds import check_name
 from keyq.core.durations import parse_duration
 from keyq.errors import ConfigError, DefinitionError
-from keyq.registry import check_name
 
 Durability = Literal["full", "normal"]
 LogFormat = Literal["auto", "json", "console"]

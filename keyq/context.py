@@ -15,21 +15,18 @@ import inspect
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from keyq.core import bounds
 from keyq.core.durations import parse_duration
 from keyq.core.journal import Entry, Journal, Kind, ReplayMismatchError
 from keyq.core.model import ChildResult, StartRun, Wait, WaitChildren, WaitToken, WaitUntil
 from keyq.errors import TriggerError, WaitError
+from keyq.registry import TriggerRequest
 from keyq.results import RunHandle, RunResult, TokenResult
 from keyq.results import WaitToken as TokenHandle
 from keyq.triggers import check_idempotency_key
-
-if TYPE_CHECKING:
-    from keyq.producer import TriggerRequest
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
@@ -264,22 +261,3 @@ class Context:
             raise WaitError(f"{what} returned {exc}") from None
         except bounds.NotJSONError as exc:
             raise WaitError(f"{what} returned a value that is not JSON: {exc}") from None
-
-
-_current: ContextVar[Context | None] = ContextVar("keyq_context", default=None)
-
-
-def current_context() -> Context:
-    """The Context of the task running in this task (or thread); WaitError outside one."""
-    ctx = _current.get()
-    if ctx is None:
-        raise WaitError("trigger_and_wait can only be used inside a running keyq task")
-    return ctx
-
-
-def set_context(ctx: Context | None) -> object:
-    return _current.set(ctx)
-
-
-def reset_context(token: object) -> None:
-    _current.reset(token)  # type: ignore[arg-type]

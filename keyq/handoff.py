@@ -32,9 +32,10 @@ from typing import Any
 
 from keyq.clock import host_monotonic
 from keyq.core import bounds
+from keyq.core.model import NewRun
 from keyq.errors import TriggerError
 from keyq.registry import Registry
-from keyq.triggers import NewRun, build_run
+from keyq.triggers import build_run
 
 MAX_MESSAGE_BYTES = 64 * 1024  # the control socket's line limit; bigger batches go direct
 _ENVELOPE_BYTES = 64  # the request's fields around the runs

@@ -15,34 +15,24 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import anyio
 
-from keyq.errors import DatabaseBusyError, TriggerError, map_store_errors
+from keyq.core.model import NewRun
+from keyq.errors import DatabaseBusyError, map_store_errors
 from keyq.ids import new_run_id
-from keyq.registry import Task
+from keyq.registry import TriggerRequest
 from keyq.results import RunHandle
 from keyq.store import db
 from keyq.store.codec import new_run_params
 from keyq.store.instance import lock_path, read_pid
-from keyq.triggers import NewRun, build_run
+from keyq.triggers import build_run
 
 if TYPE_CHECKING:
     from keyq.config import Config
-
-TriggerRequest = tuple[Task, Any, Mapping[str, Any]]
-
-
-def split_item(item: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """A batch item ``{"payload": ..., **options}`` as (payload, options)."""
-    if not isinstance(item, Mapping):
-        raise TriggerError(f"batch items must be mappings with a 'payload', got {item!r}")
-    options = dict(item)
-    return options.pop("payload", None), options
 
 
 class Producer:
@@ -186,38 +176,3 @@ def busy_message(database: Path, timeout_s: float) -> str:
         f"database {database} stayed locked for {timeout_s:g}s: {holder}; "
         "raise lock_timeout in the config if this is expected"
     )
-
-
-# --- the producer that `Task.trigger` uses ---------------------------------------------
-
-
-class ProducerLike(Protocol):
-    async def submit_triggers(
-        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
-    ) -> list[RunHandle]: ...
-
-
-_current: ContextVar[ProducerLike | None] = ContextVar("keyq_producer", default=None)
-_default: ProducerLike | None = None
-
-
-def set_current(producer: ProducerLike | None) -> object:
-    """Make ``producer`` what ``Task.trigger`` uses in this context; returns a reset token."""
-    return _current.set(producer)
-
-
-def reset_current(token: object) -> None:
-    _current.reset(token)  # type: ignore[arg-type]
-
-
-def current_producer() -> ProducerLike:
-    """The in-process daemon if one runs in this context, else a client from the config."""
-    producer = _current.get()
-    if producer is not None:
-        return producer
-    global _default
-    if _default is None:
-        from keyq.client import AsyncClient
-
-        _default = AsyncClient()
-    return _default

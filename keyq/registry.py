@@ -1,47 +1,27 @@
 """Queue and task definitions: ``keyq.queue``, ``@keyq.task``, and the registry holding them.
 
 Names are checked when they are defined, so a bad id fails at import time,
-not at the first trigger. Triggering itself lives in :mod:`keyq.producer`;
-a :class:`Task` only forwards to whichever producer is current (the daemon of
-this process, else a client built from the configuration).
+not at the first trigger. A :class:`Task` stores nothing itself: it forwards
+to whichever :class:`Submitter` is current (the daemon of this process, else a
+client built from the configuration), and ``trigger_and_wait`` to the
+:class:`Attempt` running. Those are set by the daemon and the client, which
+sit above this module: it never imports them.
 """
 
 from __future__ import annotations
 
 import inspect
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from keyq.core import bounds
+from keyq.core.bounds import check_limit, check_name
 from keyq.core.retry import DEFAULT_RETRY, Retry
-from keyq.errors import DefinitionError, UnknownTaskError
-
-if TYPE_CHECKING:
-    from keyq.results import RunHandle, RunResult
-
-NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def check_name(kind: str, name: object) -> str:
-    """Return ``name`` if it is a valid task id or queue name, else raise DefinitionError."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise DefinitionError(
-            f"invalid {kind} {name!r}: use 1-128 characters of A-Z a-z 0-9 . _ : -"
-        )
-    return name
-
-
-def check_limit(field_name: str, value: object) -> int | None:
-    """A concurrency limit: None (no limit) or an integer from 0 to ``bounds.MAX_LIMIT``."""
-    if value is None:
-        return None
-    try:
-        return bounds.integer(field_name, value, 0, bounds.MAX_LIMIT)
-    except bounds.BoundError as exc:
-        raise DefinitionError(f"{exc} (or None for no limit)") from None
+from keyq.errors import DefinitionError, KeyqError, TriggerError, UnknownTaskError, WaitError
+from keyq.results import RunHandle, RunResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,30 +68,21 @@ class Task:
         first), ``delay`` (seconds, timedelta or "5m"), ``idempotency_key``,
         ``max_attempts``, ``tags``.
         """
-        from keyq.producer import current_producer
-
         (handle,) = await current_producer().submit_triggers([(self, payload, options)])
         return handle
 
     async def batch_trigger(self, items: Iterable[Mapping[str, Any]]) -> list[RunHandle]:
         """Create several runs in one transaction; each item is ``{"payload": ..., **options}``."""
-        from keyq.producer import current_producer, split_item
-
         return await current_producer().submit_triggers([(self, *split_item(i)) for i in items])
 
     async def trigger_and_wait(self, payload: Any = None, **options: Any) -> RunResult:
         """From inside a running task: trigger a child run and wait for it, holding no slot."""
-        from keyq.context import current_context
-
-        (result,) = await current_context().trigger_and_wait([(self, payload, options)])
+        (result,) = await current_attempt().trigger_and_wait([(self, payload, options)])
         return result
 
     async def batch_trigger_and_wait(self, items: Iterable[Mapping[str, Any]]) -> list[RunResult]:
         """From inside a running task: trigger several children and wait for all of them."""
-        from keyq.context import current_context
-        from keyq.producer import split_item
-
-        return await current_context().trigger_and_wait([(self, *split_item(i)) for i in items])
+        return await current_attempt().trigger_and_wait([(self, *split_item(i)) for i in items])
 
 
 class Registry:
@@ -204,6 +175,85 @@ def _max_duration(task_id: str, value: float | timedelta | None) -> float | None
     if budget <= 0:
         raise DefinitionError(f"task {task_id!r}: max_duration must be > 0 seconds, got {value!r}")
     return budget
+
+
+# --- where Task.trigger goes ------------------------------------------------------------------
+
+TriggerRequest = tuple[Task, Any, Mapping[str, Any]]
+
+
+def split_item(item: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A batch item ``{"payload": ..., **options}`` as (payload, options)."""
+    if not isinstance(item, Mapping):
+        raise TriggerError(f"batch items must be mappings with a 'payload', got {item!r}")
+    options = dict(item)
+    return options.pop("payload", None), options
+
+
+class Submitter(Protocol):
+    """Where ``Task.trigger`` sends its runs: the daemon of this process, or a client."""
+
+    async def submit_triggers(
+        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
+    ) -> list[RunHandle]: ...
+
+
+class Attempt(Protocol):
+    """The running attempt a task's code is in (``keyq.Context``)."""
+
+    async def trigger_and_wait(self, requests: Sequence[TriggerRequest]) -> list[RunResult]: ...
+
+
+_producer: ContextVar[Submitter | None] = ContextVar("keyq_producer", default=None)
+_attempt: ContextVar[Attempt | None] = ContextVar("keyq_attempt", default=None)
+_default_producer: Submitter | None = None
+_make_default_producer: Callable[[], Submitter] | None = None
+
+
+def current_producer() -> Submitter:
+    """The in-process daemon if one runs in this context, else a client from the config
+    (made on first use by the factory :func:`use_default_producer` set)."""
+    producer = _producer.get()
+    if producer is not None:
+        return producer
+    global _default_producer
+    if _default_producer is None:
+        if _make_default_producer is None:
+            raise KeyqError("no way to store runs: import keyq (its Client is the default)")
+        _default_producer = _make_default_producer()
+    return _default_producer
+
+
+def use_default_producer(factory: Callable[[], Submitter] | None) -> None:
+    """What ``Task.trigger`` uses outside a daemon (keyq.client sets its AsyncClient); None
+    also forgets the one made (tests)."""
+    global _default_producer, _make_default_producer
+    _make_default_producer, _default_producer = factory, None
+
+
+def set_producer(producer: Submitter | None) -> Token[Submitter | None]:
+    """Make ``producer`` what ``Task.trigger`` uses in this context."""
+    return _producer.set(producer)
+
+
+def reset_producer(token: Token[Submitter | None]) -> None:
+    _producer.reset(token)
+
+
+def current_attempt() -> Attempt:
+    """The attempt running in this task (or thread); WaitError outside one."""
+    attempt = _attempt.get()
+    if attempt is None:
+        raise WaitError("trigger_and_wait can only be used inside a running keyq task")
+    return attempt
+
+
+def set_attempt(attempt: Attempt | None) -> Token[Attempt | None]:
+    return _attempt.set(attempt)
+
+
+def reset_attempt(token: Token[Attempt | None]) -> None:
+    _attempt.reset(token)
 
 
 default_registry = Registry()

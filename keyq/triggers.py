@@ -9,40 +9,26 @@ and ``now``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from keyq.core import bounds
-from keyq.core.bounds import MAX_KEY_LENGTH, MAX_TAG_LENGTH, MAX_TAGS, BoundError
+from keyq.core.bounds import (
+    MAX_KEY_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    BoundError,
+    check_limit,
+    check_name,
+)
 from keyq.core.durations import parse_duration
-from keyq.core.model import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
-from keyq.core.states import DELAYED, QUEUED, RunState
+from keyq.core.model import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, NewRun
+from keyq.core.states import DELAYED, QUEUED
 from keyq.errors import DefinitionError, PayloadError, TriggerError
-from keyq.registry import Queue, Task, check_limit, check_name
+from keyq.registry import Queue, Task
 
 OPTIONS = frozenset(
     {"concurrency_key", "queue", "priority", "delay", "idempotency_key", "max_attempts", "tags"}
 )
-
-
-@dataclass(frozen=True, slots=True)
-class NewRun:
-    """A validated run, exactly as it will be inserted."""
-
-    id: str
-    task: str
-    queue: str
-    concurrency_key: str | None
-    priority: int
-    max_attempts: int
-    payload: str
-    tags: tuple[str, ...]
-    idempotency_key: str | None
-    queue_limit: int | None
-    parent_id: str | None
-    created_at: float
-    available_at: float
-    state: RunState
 
 
 def build_run(

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from keyq.client import AsyncClient
 from keyq.clock import FakeClock
 from keyq.config import Config, LimitsConfig, LogConfig
 from keyq.logs import configure_logging
-from keyq.registry import Registry
+from keyq.registry import Registry, use_default_producer
 
 configure_logging(LogConfig(format="json", level="warning"), stream=sys.stderr)
 
@@ -52,9 +53,7 @@ def config(database: Path) -> Config:
 def _no_leaked_producer() -> Iterator[None]:
     """A test that triggers outside a daemon must not leave a default client behind."""
     yield
-    import keyq.producer
-
-    keyq.producer._default = None
+    use_default_producer(AsyncClient)  # forgets the client a test made
 
 
 @pytest.fixture

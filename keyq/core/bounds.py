@@ -17,6 +17,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+from keyq.errors import DefinitionError
+
 MAX_INT64 = 2**63 - 1
 MAX_ATTEMPTS = 1000
 MAX_LIMIT = 1_000_000  # any concurrency limit, total limit or environment concurrency
@@ -31,6 +33,30 @@ TOKEN_ID = re.compile(r"tok_[0-9a-hjkmnp-tv-z]{26}")
 
 class BoundError(ValueError):
     """A value is outside what keyq accepts; the message names the field and the bound."""
+
+
+# --- definitions: task ids, queue names, limits (DefinitionError) ------------------------------
+
+NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def check_name(kind: str, name: object) -> str:
+    """Return ``name`` if it is a valid task id or queue name, else raise DefinitionError."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise DefinitionError(
+            f"invalid {kind} {name!r}: use 1-128 characters of A-Z a-z 0-9 . _ : -"
+        )
+    return name
+
+
+def check_limit(field_name: str, value: object) -> int | None:
+    """A concurrency limit: None (no limit) or an integer from 0 to ``MAX_LIMIT``."""
+    if value is None:
+        return None
+    try:
+        return integer(field_name, value, 0, MAX_LIMIT)
+    except BoundError as exc:
+        raise DefinitionError(f"{exc} (or None for no limit)") from None
 
 
 def integer(field: str, value: object, low: int, high: int) -> int:

@@ -56,6 +56,26 @@ class ErrorInfo:
     traceback: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A validated run, exactly as it will be inserted."""
+
+    id: str
+    task: str
+    queue: str
+    concurrency_key: str | None
+    priority: int
+    max_attempts: int
+    payload: str
+    tags: tuple[str, ...]
+    idempotency_key: str | None
+    queue_limit: int | None
+    parent_id: str | None
+    created_at: float
+    available_at: float
+    state: RunState
+
+
 @dataclass(slots=True)  # not frozen: built per run, and a frozen __init__ costs 4x
 class RunSpec:
     """A run as stored, handed to the engine when it enters (ingest or recovery)."""

@@ -30,6 +30,7 @@ import random
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
+from contextvars import Token
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -49,6 +50,7 @@ from keyq.core.model import (
     ChildResult,
     ErrorInfo,
     Failed,
+    NewRun,
     Outcome,
     RunId,
     StartRun,
@@ -62,6 +64,7 @@ from keyq.core.settings import key_settings, queue_settings
 from keyq.core.states import DELAYED, FAILED, FINAL, QUEUED, RunState
 from keyq.core.timers import Deadlines
 from keyq.daemon import systemd
+from keyq.daemon.control import serve_control
 from keyq.daemon.recorder import CommitAbandoned, HandIn, Recorder
 from keyq.daemon.replies import Reply, Slot
 from keyq.daemon.runner import error_info, run_attempt
@@ -76,15 +79,22 @@ from keyq.errors import (
 )
 from keyq.ids import new_token_id
 from keyq.logs import configure_logging, get_logger, log_transitions
-from keyq.producer import Producer, TriggerRequest, reset_current, set_current
-from keyq.registry import Registry, Task, default_registry
+from keyq.producer import Producer
+from keyq.registry import (
+    Registry,
+    Submitter,
+    Task,
+    TriggerRequest,
+    default_registry,
+    reset_producer,
+    set_producer,
+)
 from keyq.results import RunHandle, RunResult, TokenResult
 from keyq.results import WaitToken as TokenHandle
 from keyq.store.codec import spec_from_new
 from keyq.store.instance import InstanceLock, socket_path
 from keyq.store.permissions import FileAccess, database_files
 from keyq.store.sqlite import SqliteStore
-from keyq.triggers import NewRun
 
 STRAY_CANCEL = "the task raised CancelledError without being cancelled (an awaited task was?)"
 INGEST_BATCH = 5000
@@ -188,7 +198,7 @@ class Daemon:
         self._watchdog_s: float | None = None
         self._last_ping = 0.0
         self._loop_done = anyio.Event()
-        self._token: object = None
+        self._token: Token[Submitter | None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -199,7 +209,7 @@ class Daemon:
         self._lock.acquire_for_daemon()
         # Before any task starts: attempts inherit it, so Task.trigger inside a
         # task reaches this daemon's database, not whatever ./keyq.toml says.
-        self._token = set_current(self)
+        self._token = set_producer(self)
         try:
             await self._start()
         except BaseException:
@@ -211,7 +221,8 @@ class Daemon:
         try:
             await self._stack.aclose()
         finally:
-            reset_current(self._token)
+            if self._token is not None:
+                reset_producer(self._token)
             self._lock.release()
 
     async def _start(self) -> None:
@@ -232,8 +243,6 @@ class Daemon:
         for path in [*database_files(self.config.database), self._lock.path]:
             self.access.apply(path)
         if self.socket_path is not None:
-            from keyq.daemon.control import serve_control
-
             await self._tg.start(serve_control, self, self.socket_path)
         self._tg.start_soon(self._main_loop, name="keyq main loop")
         self.log.info(

@@ -35,12 +35,11 @@ import anyio
 from keyq import handoff
 from keyq.core.engine import Engine
 from keyq.core.journal import Entry
-from keyq.core.model import ErrorInfo, RunId, Step, Transition
+from keyq.core.model import ErrorInfo, NewRun, RunId, Step, Transition
 from keyq.core.states import FAILED
 from keyq.daemon.replies import Reply
 from keyq.errors import KeyqError, StoreError, UnstorableError
 from keyq.store.sqlite import SqliteStore
-from keyq.triggers import NewRun
 
 JournalWrite = tuple[RunId, Entry, float]
 FIRST_RETRY_S, MAX_RETRY_S = 0.05, 5.0

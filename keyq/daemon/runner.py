@@ -14,11 +14,11 @@ import traceback
 
 import anyio
 
-from keyq.context import Context, reset_context, set_context
+from keyq.context import Context
 from keyq.core import bounds
 from keyq.core.journal import ReplayMismatchError
 from keyq.core.model import Completed, ErrorInfo, Failed, Outcome
-from keyq.registry import Task
+from keyq.registry import Task, reset_attempt, set_attempt
 
 _MAX_TRACEBACK = 8000  # characters kept in the run's record
 _RETURNED_NONE = Completed("null")  # most tasks return nothing: no encoding to do
@@ -31,7 +31,7 @@ async def run_attempt(
     if task is None:
         message = f"no task {ctx.task_id!r} is defined in this daemon (check tasks / --app)"
         return Failed(ErrorInfo("UnknownTask", message), retryable=False)
-    token = set_context(ctx)
+    token = set_attempt(ctx)
     try:
         if task.is_async:
             value = await task.fn(json.loads(payload), ctx)
@@ -42,7 +42,7 @@ async def run_attempt(
             return Failed(error_info(ctx.mismatch), retryable=False)
         return Failed(error_info(exc))
     finally:
-        reset_context(token)
+        reset_attempt(token)
     if ctx.mismatch is None and ctx.is_replaying:
         ctx.mismatch = ReplayMismatchError(
             "the task's code no longer matches this run's record: it returned before "

@@ -13,9 +13,17 @@ from datetime import UTC, datetime
 from sys import intern
 from typing import Any
 
-from keyq.core.model import ErrorInfo, RunSpec, Transition, Wait, WaitChildren, WaitToken, WaitUntil
+from keyq.core.model import (
+    ErrorInfo,
+    NewRun,
+    RunSpec,
+    Transition,
+    Wait,
+    WaitChildren,
+    WaitToken,
+    WaitUntil,
+)
 from keyq.core.states import FINAL, RUNNING, RunState
-from keyq.triggers import NewRun
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 

@@ -30,14 +30,21 @@ import anyio
 
 from keyq.config import Config
 from keyq.core.journal import Entry
-from keyq.core.model import CancelRequest, ChildResult, RunId, RunSpec, Transition, WaitToken
+from keyq.core.model import (
+    CancelRequest,
+    ChildResult,
+    NewRun,
+    RunId,
+    RunSpec,
+    Transition,
+    WaitToken,
+)
 from keyq.core.states import ACTIVE_ORDER, RunState
 from keyq.errors import is_busy, map_store_errors
 from keyq.results import WaitToken as TokenHandle
 from keyq.store import db
 from keyq.store.codec import error_from_json, new_run_params, spec_from_row, transition_params
 from keyq.store.tokens import TokenRow, token_from_row
-from keyq.triggers import NewRun
 
 Q = db.QUERIES
 INLINE_ROWS = 64  # a commit writing more rows than this goes to a worker thread

@@ -11,9 +11,8 @@ import pytest
 from support import deadline
 
 import keyq
-from keyq import handoff
+from keyq import channel, handoff
 from keyq.config import Config
-from keyq.daemon import control
 from keyq.registry import Registry, Task
 
 pytestmark = pytest.mark.anyio
@@ -93,7 +92,7 @@ async def test_control__bad_requests_get_an_answer_and_the_daemon_stays_up(
             ]
 
         answers = await anyio.to_thread.run_sync(abuse)
-        stats = await anyio.to_thread.run_sync(control.request, path, {"op": "stats"})
+        stats = await anyio.to_thread.run_sync(channel.request, path, {"op": "stats"})
         handle = await ping.trigger({})
         async with deadline():
             assert (await daemon.result(handle.id)).output == "pong"
@@ -141,13 +140,13 @@ async def test_control__an_endless_line_closes_that_connection_only(
                 sock.settimeout(5)
                 sock.connect(str(daemon.socket_path))
                 try:
-                    sock.sendall(b"x" * (control.MAX_LINE + 4096))
+                    sock.sendall(b"x" * (channel.MAX_LINE + 4096))
                 except (BrokenPipeError, ConnectionResetError):
                     return b""
                 return sock.recv(4096)
 
         assert await anyio.to_thread.run_sync(flood) == b""
-        stats = await anyio.to_thread.run_sync(control.request, daemon.socket_path, {"op": "stats"})
+        stats = await anyio.to_thread.run_sync(channel.request, daemon.socket_path, {"op": "stats"})
     assert stats["ok"] is True
 
 

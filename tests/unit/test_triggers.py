@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
+from keyq.core.model import NewRun
 from keyq.core.retry import Retry
 from keyq.core.states import DELAYED, QUEUED
 from keyq.errors import PayloadError, TriggerError
 from keyq.ids import new_run_id
 from keyq.registry import Queue, Registry, Task
-from keyq.triggers import NewRun, build_run, encode_payload
+from keyq.triggers import build_run, encode_payload
 
 NOW = 1_700_000_000.5
 RUN_ID = new_run_id(NOW)
