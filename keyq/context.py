@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from keyq.core import bounds
 from keyq.core.durations import parse_duration
 from keyq.core.journal import Entry, Journal, Kind, ReplayMismatchError
-from keyq.core.model import ChildResult, StartRun, Wait, WaitChildren, WaitToken, WaitUntil
+from keyq.core.model import ChildResult, StartRun, Wait, WaitChildren, WaitForToken, WaitUntil
 from keyq.errors import TriggerError, WaitError
 from keyq.registry import TriggerRequest
 from keyq.results import RunHandle, RunResult, TokenResult
@@ -229,7 +229,9 @@ class Context:
             if entry is None:
                 data = _dumps({"token": token_id})
                 await self._host.suspend(
-                    self.run_id, WaitToken(token_id), Entry(position, "for_token", token_id, data)
+                    self.run_id,
+                    WaitForToken(token_id),
+                    Entry(position, "for_token", token_id, data),
                 )
             return await self._host.token_result(token_id)
 

@@ -80,12 +80,6 @@ class Producer:
             self._poke()
         return handles
 
-    def insert(
-        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
-    ) -> list[RunHandle]:
-        """Validate and durably insert runs; blocking. Returns one handle per request."""
-        return self.store(self.build(requests, parent_id))
-
     def build(
         self, requests: Sequence[TriggerRequest], parent_id: str | None = None
     ) -> list[NewRun]:

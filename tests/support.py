@@ -7,12 +7,17 @@ import json
 import os
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+
+from keyq.producer import Producer
+from keyq.registry import TriggerRequest
+from keyq.results import RunHandle
+from keyq.store.instance import InstanceLock
 
 
 class Overlap:
@@ -81,3 +86,15 @@ def fill(disk: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def insert(
+    producer: Producer, requests: Sequence[TriggerRequest], parent_id: str | None = None
+) -> list[RunHandle]:
+    """Validate and store runs directly, as a client does with no daemon up."""
+    return producer.store(producer.build(requests, parent_id))
+
+
+def acquire(lock: InstanceLock) -> None:
+    """Take a daemon's instance lock from sync test code."""
+    anyio.run(lock.acquire_for_daemon)

@@ -8,10 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from keyq.core.durations import format_duration
+from keyq.core.states import CANCELED, COMPLETED, FAILED
 from keyq.store.codec import iso
+from keyq.store.reads import ACTIVE_NAMES
 
-ACTIVE_COLUMNS = ("queued", "delayed", "running", "waiting")
-FINAL_COLUMNS = ("completed", "failed", "canceled")
+ACTIVE_COLUMNS = ACTIVE_NAMES
+FINAL_COLUMNS = tuple(s.value for s in (COMPLETED, FAILED, CANCELED))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -37,10 +37,11 @@ from keyq.core.model import (
     RunSpec,
     StartRun,
     Step,
+    TokenExpiry,
     Transition,
     Wait,
     WaitChildren,
-    WaitToken,
+    WaitForToken,
     WaitUntil,
 )
 from keyq.core.retry import DEFAULT_RETRY, Retry
@@ -52,6 +53,7 @@ from keyq.core.states import (
     QUEUED,
     RUNNING,
     WAITING,
+    Reason,
     RunState,
     check_transition,
 )
@@ -90,7 +92,7 @@ class _Run:
     wait: Wait | None = None
     resume: bool = False  # the next start continues a waiting attempt
     restart: bool = False  # the next start follows an interrupted attempt
-    cancel_reason: str | None = None  # why the engine asked the runner to stop
+    cancel_reason: Reason | None = None  # why the engine asked the runner to stop
     used_s: float = 0.0  # running time spent by the current attempt
     span_started_at: float = 0.0
     # Results of waited children reported so far; None until the first (most runs never wait).
@@ -147,6 +149,7 @@ class Engine:
         self._starts: list[StartRun] = []
         self._cancels: list[RunId] = []
         self._cancel_requests: list[CancelRequest] = []
+        self._expired: list[TokenExpiry] = []  # token waits ended by their timeout
 
     # --- runs entering ------------------------------------------------------------
 
@@ -201,7 +204,7 @@ class Engine:
         if run.state is WAITING or run.resume:
             self._cancels.append(run.id)  # its suspended coroutine
         run.cancel_reason, run.resume = None, False
-        self._finish(run, FAILED, now, "unrecordable", error=error)
+        self._finish(run, FAILED, now, Reason.UNRECORDABLE, error=error)
         return True
 
     def recover(self, specs: Iterable[RunSpec], now: float) -> Recovered:
@@ -217,7 +220,7 @@ class Engine:
             if spec.id in self._runs:
                 continue
             if spec.cancel_requested:  # acknowledged before the crash: honour it now
-                self._finish(self._adopt(spec), CANCELED, now, "canceled")
+                self._finish(self._adopt(spec), CANCELED, now, Reason.CANCELED)
             elif spec.state is WAITING and spec.wait is not None:
                 waiting.append((self._adopt(spec), spec.wait))
             elif spec.state is QUEUED and spec.wait is not None:
@@ -256,7 +259,7 @@ class Engine:
             run = self._runs[run_id]
             if run.state is WAITING:
                 self._wakeups.cancel(run.id)
-                self._resume(run, now, "token_completed")
+                self._resume(run, now, Reason.TOKEN_COMPLETED)
 
     def _adopt(self, spec: RunSpec) -> _Run:
         run = _Run(  # positional: a million of these at recovery (bench/scale)
@@ -292,17 +295,17 @@ class Engine:
         if run.state is not RUNNING:
             raise RunStateError(f"run {run_id}: an attempt ended while the run is {run.state}")
         self._leave_running(run, now)
-        if isinstance(outcome, Failed) and run.cancel_reason != "canceled":
-            self._attempt_failed(run, now, outcome.error, outcome.retryable, "failed")
-        elif run.cancel_reason == "timeout":  # past its budget, even if a thread then returned
+        if isinstance(outcome, Failed) and run.cancel_reason is not Reason.CANCELED:
+            self._attempt_failed(run, now, outcome.error, outcome.retryable, Reason.FAILED)
+        elif run.cancel_reason is Reason.TIMEOUT:  # past its budget, even if a thread then returned
             budget = self._policy(run).max_duration_s
             timeout = ErrorInfo("Timeout", f"attempt exceeded max_duration of {budget} s")
-            self._attempt_failed(run, now, timeout, True, "timeout")
+            self._attempt_failed(run, now, timeout, True, Reason.TIMEOUT)
         elif isinstance(outcome, Completed):
-            self._finish(run, COMPLETED, now, "completed", result=outcome.result)
-        elif run.cancel_reason == "canceled":  # a cancel wins over a retry
+            self._finish(run, COMPLETED, now, Reason.COMPLETED, result=outcome.result)
+        elif run.cancel_reason is Reason.CANCELED:  # a cancel wins over a retry
             cause = outcome.error if isinstance(outcome, Failed) else None
-            self._finish(run, CANCELED, now, "canceled", error=cause)
+            self._finish(run, CANCELED, now, Reason.CANCELED, error=cause)
         else:
             self._interrupted(run, now)
 
@@ -315,7 +318,7 @@ class Engine:
         if run.state is QUEUED:
             self._dispatcher.discard(run.id)
         run.wait, run.resume = None, False
-        self._finish(run, FAILED, now, "failed", error=WAIT_ABANDONED)
+        self._finish(run, FAILED, now, Reason.FAILED, error=WAIT_ABANDONED)
 
     def wait(
         self,
@@ -337,7 +340,7 @@ class Engine:
             return False
         self._leave_running(run, now)
         run.wait = wait
-        self._move(run, WAITING, now, "wait")
+        self._move(run, WAITING, now, Reason.WAIT)
         if known:
             _results(run).update(known)
         self._await(run, wait, now)
@@ -349,7 +352,7 @@ class Engine:
         if isinstance(wait, WaitUntil):
             self._wakeups.push(run.id, wait.resume_at)
             return
-        if isinstance(wait, WaitToken):
+        if isinstance(wait, WaitForToken):
             self._token_waiters.setdefault(wait.token_id, {})[run.id] = None
             if wait.timeout_at is not None:
                 self._wakeups.push(run.id, wait.timeout_at)
@@ -376,8 +379,8 @@ class Engine:
             if child_id in self._runs:
                 self.cancel(child_id, now)
         if run.state is RUNNING:
-            if run.cancel_reason != "canceled":
-                run.cancel_reason = "canceled"
+            if run.cancel_reason is not Reason.CANCELED:
+                run.cancel_reason = Reason.CANCELED
                 self._cancels.append(run.id)
                 self._cancel_requests.append(CancelRequest(run.id, run.seq, now))
             return
@@ -385,7 +388,7 @@ class Engine:
             self._dispatcher.discard(run.id)
         if run.state is WAITING or run.resume:
             self._cancels.append(run.id)  # stop the suspended coroutine
-        self._finish(run, CANCELED, now, "canceled")
+        self._finish(run, CANCELED, now, Reason.CANCELED)
 
     def hold_starts(self) -> None:
         """Start nothing from now on (graceful shutdown); running attempts carry on."""
@@ -395,7 +398,7 @@ class Engine:
         """Ask every RUNNING attempt to stop, to be re-queued (shutdown past its grace)."""
         for run in self._runs.values():
             if run.state is RUNNING and run.cancel_reason is None:
-                run.cancel_reason = "interrupted"
+                run.cancel_reason = Reason.INTERRUPTED
                 self._cancels.append(run.id)
 
     # --- limits ----------------------------------------------------------------------
@@ -424,22 +427,6 @@ class Engine:
             self.limits.set_key_paused(queue, key, paused)
         self._dispatcher.limits_changed(self.limits)
 
-    def set_queue_limit(self, queue: str, limit: QueueLimit) -> None:
-        self.limits.set_queue(queue, limit)
-        self._dispatcher.limits_changed(self.limits)
-
-    def set_key_limit(self, queue: str, key: Key, limit: int | None) -> None:
-        self.limits.set_key_limit(queue, key, limit)
-        self._dispatcher.limits_changed(self.limits)
-
-    def set_queue_paused(self, queue: str, paused: bool) -> None:
-        self.limits.set_queue_paused(queue, paused)
-        self._dispatcher.limits_changed(self.limits)
-
-    def set_key_paused(self, queue: str, key: Key, paused: bool) -> None:
-        self.limits.set_key_paused(queue, key, paused)
-        self._dispatcher.limits_changed(self.limits)
-
     # --- time ---------------------------------------------------------------------------
 
     def tick(self, now: float) -> Step:
@@ -447,16 +434,17 @@ class Engine:
         for run_id in self._wakeups.pop_due(now):
             run = self._runs[run_id]
             if run.state is DELAYED:
-                self._move(run, QUEUED, now, "delay_over")
+                self._move(run, QUEUED, now, Reason.DELAY_OVER)
                 self._dispatcher.push(run.id, run.queue, run.key, run.priority)
-            elif isinstance(run.wait, WaitToken):
-                self._resume(run, now, "token_timeout")
+            elif isinstance(run.wait, WaitForToken):
+                self._expired.append(TokenExpiry(run.id, run.wait.token_id, now))
+                self._resume(run, now, Reason.TOKEN_TIMEOUT)
             else:
-                self._resume(run, now, "wait_done")
+                self._resume(run, now, Reason.WAIT_DONE)
         for run_id in self._timeouts.pop_due(now):
             run = self._runs[run_id]
             if run.cancel_reason is None:
-                run.cancel_reason = "timeout"
+                run.cancel_reason = Reason.TIMEOUT
                 self._cancels.append(run_id)
         self._dispatch(now)
         return self._take_step()
@@ -523,11 +511,11 @@ class Engine:
     def _start(self, run: _Run, now: float) -> None:
         self.limits.acquire(run.id, run.queue, run.key)
         if run.resume:
-            reason = "resumed"
+            reason = Reason.RESUMED
         else:
             run.attempt += 1
             run.used_s = 0.0
-            reason = "restarted" if run.restart else "started"
+            reason = Reason.RESTARTED if run.restart else Reason.STARTED
         children = self._waited_children(run)
         resumed, run.resume, run.restart, run.wait = run.resume, False, False, None
         self._move(run, RUNNING, now, reason)
@@ -559,12 +547,12 @@ class Engine:
         self._dispatcher.unblocked(run.queue, run.key, self.limits)
 
     def _attempt_failed(
-        self, run: _Run, now: float, error: ErrorInfo, retryable: bool, reason: str
+        self, run: _Run, now: float, error: ErrorInfo, retryable: bool, reason: Reason
     ) -> None:
         run.cancel_reason = None
         if retryable and run.attempt < run.max_attempts:
             retry_at = now + self._policy(run).retry.delay_s(run.attempt, self._rng)
-            self._move(run, DELAYED, now, "retry", error=error, available_at=retry_at)
+            self._move(run, DELAYED, now, Reason.RETRY, error=error, available_at=retry_at)
             self._wakeups.push(run.id, retry_at)
         else:
             self._finish(run, FAILED, now, reason, error=error)
@@ -575,12 +563,12 @@ class Engine:
         if run.attempt < run.max_attempts:
             run.restart = True
             if run.state is not QUEUED:  # recovered runs may be queued to resume
-                self._move(run, QUEUED, now, "interrupted")
+                self._move(run, QUEUED, now, Reason.INTERRUPTED)
             self._dispatcher.push(run.id, run.queue, run.key, run.priority)
         else:
-            self._finish(run, FAILED, now, "interrupted", error=INTERRUPTED)
+            self._finish(run, FAILED, now, Reason.INTERRUPTED, error=INTERRUPTED)
 
-    def _resume(self, run: _Run, now: float, reason: str) -> None:
+    def _resume(self, run: _Run, now: float, reason: Reason) -> None:
         self._forget_token(run)
         run.resume = True
         self._move(run, QUEUED, now, reason)
@@ -591,7 +579,7 @@ class Engine:
         run: _Run,
         to: RunState,
         now: float,
-        reason: str,
+        reason: Reason,
         result: str | None = None,
         error: ErrorInfo | None = None,
     ) -> None:
@@ -617,7 +605,7 @@ class Engine:
                     del self._children[run.parent_id]
 
     def _forget_token(self, run: _Run) -> None:
-        if isinstance(run.wait, WaitToken):
+        if isinstance(run.wait, WaitForToken):
             waiters = self._token_waiters.get(run.wait.token_id)
             if waiters is not None:
                 waiters.pop(run.id, None)
@@ -638,14 +626,14 @@ class Engine:
             and isinstance(wait, WaitChildren)
             and all(c in (run.child_results or _NO_RESULTS) for c in wait.child_ids)
         ):
-            self._resume(run, now, "children_done")
+            self._resume(run, now, Reason.CHILDREN_DONE)
 
     def _move(
         self,
         run: _Run,
         to: RunState,
         now: float,
-        reason: str,
+        reason: Reason,
         *,
         result: str | None = None,
         error: ErrorInfo | None = None,
@@ -692,11 +680,13 @@ class Engine:
             tuple(self._starts),
             tuple(self._cancels),
             tuple(self._cancel_requests),
+            tuple(self._expired),
         )
         self._transitions.clear()
         self._starts.clear()
         self._cancels.clear()
         self._cancel_requests.clear()
+        self._expired.clear()
         return step
 
 

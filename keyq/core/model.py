@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keyq.core.states import RunState
+from keyq.core.states import Reason, RunState
 
 RunId = str
 
@@ -37,14 +37,14 @@ class WaitChildren:
 
 
 @dataclass(frozen=True, slots=True)
-class WaitToken:
+class WaitForToken:
     """Wait until a waitpoint token is completed, or until ``timeout_at`` (``for_token``)."""
 
     token_id: str
     timeout_at: float | None = None
 
 
-Wait = WaitUntil | WaitChildren | WaitToken
+Wait = WaitUntil | WaitChildren | WaitForToken
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,7 @@ class Transition:
     at: float
     from_: RunState | None
     to: RunState
-    reason: str
+    reason: Reason
     attempt: int
     available_at: float | None = None  # when a DELAYED run becomes QUEUED
     result: str | None = None  # JSON text, on COMPLETED
@@ -184,14 +184,26 @@ class CancelRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenExpiry:
+    """A run's wait on a token ended by the token's timeout: the token is timed out
+    in the same transaction as the run's transition, so the two always agree."""
+
+    run_id: RunId
+    token_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
-    """What the engine decided: persist ``transitions`` and ``cancel_requests`` in
-    one transaction, then start ``start`` and cancel the attempts in ``cancel``."""
+    """What the engine decided: persist ``transitions``, ``cancel_requests`` and
+    ``expired_tokens`` in one transaction, then start ``start`` and cancel the
+    attempts in ``cancel``."""
 
     transitions: tuple[Transition, ...] = ()
     start: tuple[StartRun, ...] = ()
     cancel: tuple[RunId, ...] = ()
     cancel_requests: tuple[CancelRequest, ...] = ()
+    expired_tokens: tuple[TokenExpiry, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.transitions or self.start or self.cancel or self.cancel_requests)

@@ -33,6 +33,28 @@ class RunState(StrEnum):
     CANCELED = "canceled"
 
 
+class Reason(StrEnum):
+    """Why a run changed state: the ``reason`` of each timeline entry, in JSON and SQL."""
+
+    TRIGGERED = "triggered"  # created (QUEUED, or DELAYED with a delay)
+    DELAY_OVER = "delay_over"  # DELAYED -> QUEUED at its time
+    STARTED = "started"  # a first attempt
+    RESTARTED = "restarted"  # an attempt after an interrupted one
+    RESUMED = "resumed"  # a waiting attempt goes on
+    COMPLETED = "completed"
+    FAILED = "failed"  # the task raised, no attempt left (or not to be retried)
+    TIMEOUT = "timeout"  # past max_duration
+    RETRY = "retry"  # failed, waiting out its backoff
+    INTERRUPTED = "interrupted"  # the daemon stopped or died during the attempt
+    CANCELED = "canceled"
+    WAIT = "wait"  # RUNNING -> WAITING
+    WAIT_DONE = "wait_done"  # a wait.for_ / wait.until is over
+    TOKEN_COMPLETED = "token_completed"
+    TOKEN_TIMEOUT = "token_timeout"
+    CHILDREN_DONE = "children_done"
+    UNRECORDABLE = "unrecordable"  # the database refused the run's record for good
+
+
 DELAYED, QUEUED, RUNNING, WAITING = (
     RunState.DELAYED,
     RunState.QUEUED,
@@ -43,7 +65,7 @@ COMPLETED, FAILED, CANCELED = RunState.COMPLETED, RunState.FAILED, RunState.CANC
 
 FINAL: frozenset[RunState] = frozenset({COMPLETED, FAILED, CANCELED})
 ACTIVE: frozenset[RunState] = frozenset({DELAYED, QUEUED, RUNNING, WAITING})
-ACTIVE_ORDER: tuple[RunState, ...] = (DELAYED, QUEUED, RUNNING, WAITING)  # to iterate over
+ACTIVE_ORDER: tuple[RunState, ...] = (QUEUED, DELAYED, RUNNING, WAITING)  # as shown, too
 HOLDS_SLOT: frozenset[RunState] = frozenset({RUNNING})
 
 # A new run is created QUEUED, or DELAYED when it has a delay; `None` stands for

@@ -58,7 +58,7 @@ from keyq.core.model import (
     Transition,
     Wait,
     WaitChildren,
-    WaitToken,
+    WaitForToken,
 )
 from keyq.core.settings import key_settings, queue_settings
 from keyq.core.states import DELAYED, FAILED, FINAL, QUEUED, RunState
@@ -206,7 +206,7 @@ class Daemon:
         if not structlog.is_configured():
             configure_logging(self.config.log)
         self.access = FileAccess.for_group(self.config.security.group)  # before any file
-        self._lock.acquire_for_daemon()
+        await self._lock.acquire_for_daemon()
         # Before any task starts: attempts inherit it, so Task.trigger inside a
         # task reaches this daemon's database, not whatever ./keyq.toml says.
         self._token = set_producer(self)
@@ -538,13 +538,13 @@ class Daemon:
                 missing = self.engine.unresolved_children(run_id, wait.child_ids)
             if missing:
                 known = await self._final_children(missing)
-        elif isinstance(wait, WaitToken):
+        elif isinstance(wait, WaitForToken):
             assert self._store is not None
             token = await self._store.token(wait.token_id)
             if token is None:
                 self._release(run_id, error=TokenNotFoundError(wait.token_id))
                 return
-            wait = WaitToken(token.id, token.timeout_at)
+            wait = WaitForToken(token.id, token.timeout_at)
             done_token = token.id if token.status != "waiting" else None
         if not self.engine.wait(run_id, wait, now, known):
             self._release(run_id)  # the attempt is being stopped: let the cancel land

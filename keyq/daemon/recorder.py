@@ -36,7 +36,7 @@ from keyq import handoff
 from keyq.core.engine import Engine
 from keyq.core.journal import Entry
 from keyq.core.model import ErrorInfo, NewRun, RunId, Step, Transition
-from keyq.core.states import FAILED
+from keyq.core.states import FAILED, Reason
 from keyq.daemon.replies import Reply
 from keyq.errors import KeyqError, StoreError, UnstorableError
 from keyq.store.sqlite import SqliteStore
@@ -144,6 +144,7 @@ class Recorder:
             writes.entries,
             [run for hand_in in hand_ins for run in hand_in.runs],
             lock_wait_s=min((w for w in waits if w is not None), default=None),
+            expired_tokens=writes.step.expired_tokens,
         )
 
     async def _record_apart(
@@ -264,7 +265,7 @@ def _groups(writes: _Writes, hand_ins: Sequence[HandIn]) -> list[_Group]:
 
 
 def _acts(step: Step) -> tuple[Any, ...]:
-    return step.start, step.cancel, step.cancel_requests
+    return step.start, step.cancel, step.cancel_requests, step.expired_tokens
 
 
 def _keep(step: Step, ids: set[RunId]) -> Step:
@@ -273,6 +274,7 @@ def _keep(step: Step, ids: set[RunId]) -> Step:
         tuple(s for s in step.start if s.run_id in ids),
         tuple(c for c in step.cancel if c in ids),
         tuple(c for c in step.cancel_requests if c.run_id in ids),
+        tuple(e for e in step.expired_tokens if e.run_id in ids),
     )
 
 
@@ -283,6 +285,7 @@ def _without(step: Step, ids: set[RunId]) -> Step:
         tuple(s for s in step.start if s.run_id not in ids),
         step.cancel,
         tuple(c for c in step.cancel_requests if c.run_id not in ids),
+        tuple(e for e in step.expired_tokens if e.run_id not in ids),
     )
 
 
@@ -297,7 +300,7 @@ def _tombstone(last: Transition, now: float, error: ErrorInfo) -> Transition:
         now,
         last.from_,
         FAILED,
-        "unrecordable",
+        Reason.UNRECORDABLE,
         last.attempt,
         error=error,
     )

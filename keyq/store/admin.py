@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from keyq.core.states import CANCELED, FINAL, RunState
+from keyq.core.states import CANCELED, FINAL, Reason, RunState
 from keyq.errors import RunNotFoundError, RunStateError, map_store_errors
 from keyq.store import db
 from keyq.store.codec import event_line
@@ -86,5 +86,5 @@ def cancel_stored(conn: sqlite3.Connection, run_id: str, now: float) -> None:
             runs.append((child_id, RunState(child_status), attempt))
         conn.executemany(
             db.QUERIES["cancel_stored_run"],
-            [(now, event_line(now, s, CANCELED, "canceled", a), i) for i, s, a in runs],
+            [(now, event_line(now, s, CANCELED, Reason.CANCELED, a), i) for i, s, a in runs],
         )

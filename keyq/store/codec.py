@@ -20,10 +20,10 @@ from keyq.core.model import (
     Transition,
     Wait,
     WaitChildren,
-    WaitToken,
+    WaitForToken,
     WaitUntil,
 )
-from keyq.core.states import FINAL, RUNNING, RunState
+from keyq.core.states import FINAL, RUNNING, Reason, RunState
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -47,7 +47,7 @@ def event_line(
     at: float,
     from_: RunState | None,
     to: RunState,
-    reason: str,
+    reason: Reason,
     attempt: int,
     error: ErrorInfo | None = None,
 ) -> str:
@@ -82,7 +82,7 @@ def wait_json(wait: Wait | None) -> str | None:
         return None
     if isinstance(wait, WaitUntil):
         return _dumps({"kind": "until", "resume_at": wait.resume_at})
-    if isinstance(wait, WaitToken):
+    if isinstance(wait, WaitForToken):
         return _dumps({"kind": "token", "token_id": wait.token_id, "timeout_at": wait.timeout_at})
     return _dumps({"kind": "children", "child_ids": list(wait.child_ids)})
 
@@ -94,7 +94,7 @@ def wait_from_json(text: str | None) -> Wait | None:
     if data["kind"] == "until":
         return WaitUntil(data["resume_at"])
     if data["kind"] == "token":
-        return WaitToken(data["token_id"], data["timeout_at"])
+        return WaitForToken(data["token_id"], data["timeout_at"])
     return WaitChildren(tuple(data["child_ids"]))
 
 
@@ -115,7 +115,7 @@ def new_run_params(run: NewRun) -> tuple[Any, ...]:
         run.parent_id,
         run.created_at,
         run.available_at,
-        event_line(run.created_at, None, run.state, "triggered", 0),
+        event_line(run.created_at, None, run.state, Reason.TRIGGERED, 0),
     )
 
 

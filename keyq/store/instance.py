@@ -13,14 +13,17 @@ import fcntl
 import hashlib
 import os
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
+
+import anyio
 
 from keyq.errors import DaemonAlreadyRunningError
 from keyq.store.filesystems import check_database, real_path
 
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; leave room
+_TRIES, _PAUSE_S = 40, 0.05  # how long a daemon waits for a CLI command's brief hold
 
 
 def lock_path(database: Path) -> Path:
@@ -64,29 +67,41 @@ class InstanceLock:
                 return True
             os.close(fd)  # the file was replaced between open and flock: lock the new one
 
-    def acquire_for_daemon(self) -> None:
+    async def acquire_for_daemon(self) -> None:
         """Take the lock and record our pid, or raise naming the daemon that holds it.
 
         A holder that wrote no pid is a CLI command probing or cancelling for a
-        moment: wait for it (up to about 2 s) rather than refuse to start.
-        A database with a second hard link or on a network file system is refused
-        first (:func:`keyq.store.filesystems.check_database`).
+        moment: wait for it (up to about 2 s, without blocking the event loop)
+        rather than refuse to start. A database with a second hard link or on a
+        network file system is refused first
+        (:func:`keyq.store.filesystems.check_database`).
         """
         check_database(self.database)
-        for _ in range(40):
-            if self.try_acquire() or _alive(read_pid(self.path)):
-                break
-            time.sleep(0.05)
-        if self._fd is None:
-            pid = read_pid(self.path)
-            who = f"pid {pid}" if pid else "another process"
-            raise DaemonAlreadyRunningError(
-                f"a keyq daemon ({who}) already runs on this database; "
-                f"stop it first (lock file {self.path})"
-            )
-        assert self._fd is not None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
+        for _ in range(_TRIES):
+            if self._taken_or_refused():
+                return
+            await anyio.sleep(_PAUSE_S)
+        self._refuse()
+
+    def _taken_or_refused(self) -> bool:
+        """One try: True once we hold the lock (our pid written); raises if a live
+        daemon holds it; False while a holder without a pid may let go."""
+        if self.try_acquire():
+            assert self._fd is not None
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, f"{os.getpid()}\n".encode())
+            return True
+        if _alive(read_pid(self.path)):
+            self._refuse()
+        return False
+
+    def _refuse(self) -> NoReturn:
+        pid = read_pid(self.path)
+        who = f"pid {pid}" if pid else "another process"
+        raise DaemonAlreadyRunningError(
+            f"a keyq daemon ({who}) already runs on this database; "
+            f"stop it first (lock file {self.path})"
+        )
 
     def release(self) -> None:
         if self._fd is not None:

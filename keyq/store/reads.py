@@ -15,7 +15,7 @@ from typing import Any
 from keyq.config import Config
 from keyq.core.limits import QueueLimit
 from keyq.core.settings import QueueSetting, queue_settings
-from keyq.core.states import FINAL, RunState
+from keyq.core.states import ACTIVE_ORDER, FINAL, RunState
 from keyq.errors import KeyqError, RunNotFoundError, map_store_errors
 from keyq.registry import Queue
 from keyq.results import RunResult
@@ -23,7 +23,7 @@ from keyq.store import db
 from keyq.store.codec import error_from_json, run_json
 
 STATUSES = [s.value for s in RunState]
-ACTIVE_NAMES = ("queued", "delayed", "running", "waiting")
+ACTIVE_NAMES = tuple(s.value for s in ACTIVE_ORDER)
 
 
 class NoDatabaseError(KeyqError):
@@ -105,7 +105,7 @@ class Inspector:
         active_keys = [
             {"queue": q, "concurrency_key": k, **counts}
             for (q, k), counts in sorted(keys.items())
-            if any(counts[s] for s in ("queued", "delayed", "running", "waiting"))
+            if any(counts[s] for s in ACTIVE_NAMES)
         ]
         return {
             "total": total,

@@ -36,8 +36,8 @@ from keyq.core.model import (
     NewRun,
     RunId,
     RunSpec,
+    TokenExpiry,
     Transition,
-    WaitToken,
 )
 from keyq.core.states import ACTIVE_ORDER, RunState
 from keyq.errors import is_busy, map_store_errors
@@ -164,11 +164,11 @@ class SqliteStore:
         entries: Sequence[tuple[RunId, Entry, float]] = (),
         inserts: Sequence[NewRun] = (),
         lock_wait_s: float | None = None,
+        expired_tokens: Sequence[TokenExpiry] = (),
     ) -> dict[RunId, int]:
         """Persist new runs, transitions (in order), cancel requests and journal
-        entries, in one transaction. A token wait ended by its timeout marks the
-        token timed out in the same transaction, so the token and its waiters
-        always agree.
+        entries, in one transaction, and the tokens whose waits timed out
+        (``expired_tokens``), so that a token and its waiters always agree.
 
         ``inserts`` are runs handed in: the engine knows them with seq 0, so
         their transitions and cancel requests here say 0 too, and get the seq
@@ -184,11 +184,7 @@ class SqliteStore:
             params = [transition_params(t) for t in transitions]
             new_rows = [(r.id, new_run_params(r)) for r in inserts]
         journal = [(run_id, e.position, e.kind, e.name, e.data, at) for run_id, e, at in entries]
-        expired = [
-            (t.at, t.wait.token_id)
-            for t in transitions
-            if t.reason == "token_timeout" and isinstance(t.wait, WaitToken)
-        ]
+        expired = [(e.at, e.token_id) for e in expired_tokens]
 
         def write() -> dict[RunId, int]:
             conn = self._conn

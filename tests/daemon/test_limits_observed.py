@@ -184,7 +184,8 @@ async def test_limits__lowered_limit_does_not_preempt(
         handles = await busy.batch_trigger([{"payload": i} for i in range(5)])
         async with deadline():
             await three_running.wait()
-        await daemon.change_limits(lambda engine, _: engine.set_queue_limit("busy", QueueLimit(1)))
+        lowered = {"busy": (QueueLimit(1), False)}
+        await daemon.change_limits(lambda engine, _: engine.configure_limits(lowered, {}))
         assert overlap.now["*"] == 3  # nobody was stopped
         release.set()
         results = await run_all(daemon, handles)

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from support import Overlap, deadline
+from support import Overlap, deadline, insert
 
 import keyq
 from keyq.clock import FakeClock
@@ -245,7 +245,7 @@ async def test_children__waiting_on_a_run_another_process_just_inserted(
     async with keyq.Daemon(config, registry=registry) as daemon:
         # Another process stores the report run, and its poke never arrives.
         silent = Producer(config, now=daemon.clock.now, poke=lambda: None)
-        (existing,) = silent.insert([(report, {}, {"idempotency_key": "weekly"})])
+        (existing,) = insert(silent, [(report, {}, {"idempotency_key": "weekly"})])
         silent.close()
         handle = await needs_report.trigger({})
         async with deadline():

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import insert
 
 from keyq.clock import FakeClock
 from keyq.config import Config
@@ -46,7 +47,7 @@ def test_cancel_stored__cancels_an_active_run(
     delay: str | None,
 ) -> None:
     """A queued or delayed run becomes canceled, with finished_at and a timeline entry."""
-    (handle, other) = producer.insert([(tasks["email"], None, {"delay": delay})] * 2)
+    (handle, other) = insert(producer, [(tasks["email"], None, {"delay": delay})] * 2)
     was = "delayed" if delay else "queued"
     clock.advance(42)
     admin.cancel_stored(conn, handle.id, clock.now())
@@ -75,7 +76,7 @@ def test_cancel_stored__refuses_a_final_run(
     final: str,
 ) -> None:
     """Canceling a finished run raises RunStateError saying its state, and changes nothing."""
-    (handle,) = producer.insert([(tasks["email"], None, {})])
+    (handle,) = insert(producer, [(tasks["email"], None, {})])
     _set_status(database, handle.id, final)
     before = rows()
     with pytest.raises(RunStateError) as info:
@@ -102,7 +103,7 @@ def test_cancel_stored__running_run_keeps_its_attempt(
     clock: FakeClock,
 ) -> None:
     """A run recorded as running (daemon gone) is canceled and its timeline keeps the attempt."""
-    (handle,) = producer.insert([(tasks["email"], None, {})])
+    (handle,) = insert(producer, [(tasks["email"], None, {})])
     raw = sqlite3.connect(database)
     raw.execute(
         "UPDATE runs SET status = 'running', attempt = 2, started_at = 5 WHERE id = ?", (handle.id,)
@@ -168,9 +169,9 @@ def test_cancel_stored__cancels_active_children_and_theirs(
 ) -> None:
     """With the daemon stopped, cancelling a parent cancels its active descendants, as the
     daemon would; a final child and unrelated runs keep their status."""
-    (parent, other) = producer.insert([(tasks["email"], None, {})] * 2)
-    (child, done) = producer.insert([(tasks["email"], None, {})] * 2, parent_id=parent.id)
-    (grandchild,) = producer.insert([(tasks["email"], None, {})], parent_id=child.id)
+    (parent, other) = insert(producer, [(tasks["email"], None, {})] * 2)
+    (child, done) = insert(producer, [(tasks["email"], None, {})] * 2, parent_id=parent.id)
+    (grandchild,) = insert(producer, [(tasks["email"], None, {})], parent_id=child.id)
     _set_status(conn_path(conn), done.id, "completed")
     admin.cancel_stored(conn, parent.id, clock.now())
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from support import insert
 
 from keyq.clock import FakeClock
 from keyq.config import Config
@@ -85,14 +86,15 @@ def test_get_run__has_every_spec_field_with_utc_times(
 ) -> None:
     """A run's JSON has every §9 field, values as a user gave them, times ISO 8601 UTC with Z."""
     t0 = clock.now()
-    (handle,) = producer.insert(
+    (handle,) = insert(
+        producer,
         [
             (
                 tasks["analyze"],
                 {"workoutId": "w-123"},
                 {"concurrency_key": "u-1", "priority": 3, "tags": ["vip", "eu"], "max_attempts": 2},
             )
-        ]
+        ],
     )
     _apply(
         config,
@@ -134,7 +136,7 @@ def test_get_run__events_are_the_timeline(
 ) -> None:
     """`events` lists every transition with at/from/to/reason, oldest first, at in UTC."""
     t0 = clock.now()
-    (handle,) = producer.insert([(tasks["email"], None, {"delay": 10})])
+    (handle,) = insert(producer, [(tasks["email"], None, {"delay": 10})])
     boom = ErrorInfo("ValueError", "bad", "Traceback (most recent call last): ...")
     _apply(
         config,
@@ -158,7 +160,7 @@ def test_get_run__fresh_run_has_nulls_and_attempt_one(
     producer: Producer, tasks: dict[str, Task], inspector: Inspector
 ) -> None:
     """A queued run reports attempt 1 (the one it will make) and null times, key and result."""
-    (handle,) = producer.insert([(tasks["email"], None, {})])
+    (handle,) = insert(producer, [(tasks["email"], None, {})])
     run = inspector.get_run(handle.id)
     assert (run["status"], run["attempt"], run["concurrency_key"]) == ("queued", 1, None)
     assert (run["started_at"], run["finished_at"], run["result"], run["error"]) == (
@@ -196,7 +198,8 @@ def mixed(
     a, s, e = tasks["analyze"], tasks["summarize"], tasks["email"]
     ids = [
         h.id
-        for h in producer.insert(
+        for h in insert(
+            producer,
             [
                 (a, 0, {"concurrency_key": "u-1", "tags": ["vip"]}),
                 (a, 1, {"concurrency_key": "u-2"}),
@@ -205,7 +208,7 @@ def mixed(
                 (e, 4, {"delay": 60, "tags": ["eu"]}),
                 (a, 5, {"concurrency_key": "u-1"}),
                 (s, 6, {"concurrency_key": "u-2"}),
-            ]
+            ],
         )
     ]
     t = clock.now()
@@ -265,7 +268,7 @@ def test_list_runs__default_limit_is_100(
     producer: Producer, tasks: dict[str, Task], inspector: Inspector
 ) -> None:
     """Without --limit at most 100 runs come back, the newest ones."""
-    handles = producer.insert([(tasks["email"], i, {}) for i in range(105)])
+    handles = insert(producer, [(tasks["email"], i, {}) for i in range(105)])
     runs = inspector.list_runs()
     assert len(runs) == 100
     assert runs[0]["id"] == handles[-1].id
@@ -277,7 +280,7 @@ def test_list_runs__sees_runs_committed_after_it_opened(
 ) -> None:
     """A long-lived inspector (keyq top) sees runs that were triggered after it opened."""
     assert inspector.list_runs() == []
-    (handle,) = producer.insert([(tasks["email"], None, {})])
+    (handle,) = insert(producer, [(tasks["email"], None, {})])
     assert [r["id"] for r in inspector.list_runs()] == [handle.id]
 
 
@@ -338,8 +341,8 @@ def test_stats__keys_with_only_final_runs_are_left_out(
     clock: FakeClock,
 ) -> None:
     """A key whose runs have all finished is not listed among the active keys."""
-    (done,) = producer.insert([(tasks["analyze"], None, {"concurrency_key": "old"})])
-    producer.insert([(tasks["analyze"], None, {"concurrency_key": "new"})])
+    (done,) = insert(producer, [(tasks["analyze"], None, {"concurrency_key": "old"})])
+    insert(producer, [(tasks["analyze"], None, {"concurrency_key": "new"})])
     t = clock.now()
     _apply(config, done.id, (t, QUEUED, RUNNING, {}), (t, RUNNING, COMPLETED, {"result": "1"}))
     assert [k["concurrency_key"] for k in inspector.stats(40)["keys"]] == ["new"]
@@ -349,7 +352,7 @@ def test_get_run__error_message_with_unicode_line_separators(
     producer: Producer, tasks: dict[str, Task], inspector: Inspector, config: Config
 ) -> None:
     """An exception message containing U+2028 / U+0085 / U+2029 still gives a readable timeline."""
-    (handle,) = producer.insert([(tasks["email"], None, {})])
+    (handle,) = insert(producer, [(tasks["email"], None, {})])
     message = "row 1\u2028row 2\x85row 3\u2029end"
     boom = ErrorInfo("ValueError", message)
     _apply(config, handle.id, (1.0, QUEUED, RUNNING, {}), (2.0, RUNNING, FAILED, {"error": boom}))
@@ -363,7 +366,7 @@ def test_result__none_while_active_then_the_outcome(
     producer: Producer, tasks: dict[str, Task], inspector: Inspector, config: Config
 ) -> None:
     """result() is None until the run is final, then says how it ended (for `trigger --wait`)."""
-    (ok, bad) = producer.insert([(tasks["email"], None, {})] * 2)
+    (ok, bad) = insert(producer, [(tasks["email"], None, {})] * 2)
     assert inspector.result(ok.id) is None
     _apply(config, ok.id, (1.0, QUEUED, RUNNING, {}), (2.0, RUNNING, COMPLETED, {"result": "[7]"}))
     oops = ErrorInfo("KeyError", "'x'")

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from support import acquire
 
 from keyq.errors import DaemonAlreadyRunningError, UnsafeDatabaseError
 from keyq.store import db
@@ -17,10 +18,10 @@ from keyq.store.instance import InstanceLock, daemon_running, lock_path, read_pi
 def test_instance_lock__second_daemon_is_refused_naming_the_pid(database: Path) -> None:
     """A second daemon on the same database fails with a message naming the running one."""
     first = InstanceLock(database)
-    first.acquire_for_daemon()
+    acquire(first)
     try:
         with pytest.raises(DaemonAlreadyRunningError) as info:
-            InstanceLock(database).acquire_for_daemon()
+            acquire(InstanceLock(database))
         message = str(info.value)
         assert f"pid {os.getpid()}" in message
         assert "already runs on this database" in message
@@ -33,7 +34,7 @@ def test_instance_lock__daemon_running_while_held_only(database: Path) -> None:
     """daemon_running() is true exactly while a daemon holds the lock."""
     assert daemon_running(database) is False
     lock = InstanceLock(database)
-    lock.acquire_for_daemon()
+    acquire(lock)
     try:
         assert daemon_running(database) is True
         assert read_pid(lock_path(database)) == os.getpid()
@@ -46,9 +47,9 @@ def test_instance_lock__daemon_running_while_held_only(database: Path) -> None:
 def test_instance_lock__can_be_taken_again_after_release(database: Path) -> None:
     """After a daemon stops, the next one starts on the same database."""
     with InstanceLock(database) as first:
-        first.acquire_for_daemon()
+        acquire(first)
     second = InstanceLock(database)
-    second.acquire_for_daemon()
+    acquire(second)
     second.release()
     second.release()  # releasing twice is harmless
 
@@ -59,7 +60,7 @@ def test_instance_lock__cli_holder_blocks_a_daemon(database: Path) -> None:
         assert cli.try_acquire() is True
         assert InstanceLock(database).try_acquire() is False
         with pytest.raises(DaemonAlreadyRunningError, match="another process"):
-            InstanceLock(database).acquire_for_daemon()
+            acquire(InstanceLock(database))
     with InstanceLock(database) as after:
         assert after.try_acquire() is True
 
@@ -70,7 +71,7 @@ def test_instance_lock__stale_pid_without_lock_does_not_count(database: Path) ->
     path.write_text("999999\n")
     assert daemon_running(database) is False
     lock = InstanceLock(database)
-    lock.acquire_for_daemon()
+    acquire(lock)
     try:
         assert read_pid(path) == os.getpid()
     finally:
@@ -82,7 +83,7 @@ def test_instance_lock__lock_file_is_owner_only(database: Path) -> None:
     previous = os.umask(0)
     try:
         lock = InstanceLock(database)
-        lock.acquire_for_daemon()
+        acquire(lock)
         lock.release()
     finally:
         os.umask(previous)
@@ -118,10 +119,10 @@ def test_instance_lock__a_symlink_to_the_database_finds_the_same_lock(
     link.parent.mkdir()
     link.symlink_to(database)
     first = InstanceLock(database)
-    first.acquire_for_daemon()
+    acquire(first)
     try:
         with pytest.raises(DaemonAlreadyRunningError):
-            InstanceLock(link).acquire_for_daemon()
+            acquire(InstanceLock(link))
         assert daemon_running(link) is True
     finally:
         first.release()
@@ -137,7 +138,7 @@ def test_instance_lock__a_database_with_a_second_hard_link_is_refused(
     os.link(database, tmp_path / "hard.db")
     for name in (database, tmp_path / "hard.db"):
         with pytest.raises(UnsafeDatabaseError, match="2 hard links") as info:
-            InstanceLock(name).acquire_for_daemon()
+            acquire(InstanceLock(name))
         assert "Keep one name" in str(info.value)
         with pytest.raises(UnsafeDatabaseError):
             db.connect(name)

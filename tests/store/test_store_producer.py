@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import acquire, insert
 
 from keyq.clock import FakeClock
 from keyq.errors import DatabaseBusyError, PayloadError, StoreError, TriggerError
@@ -43,7 +44,7 @@ def test_producer__batch_is_durable_and_in_order(
     """A batch returns one handle per item, in order, each already visible on disk."""
     analyze = tasks["analyze"]
     requests = [(analyze, {"n": n}, {"concurrency_key": f"u-{n % 2}"}) for n in range(5)]
-    handles = producer.insert(requests)
+    handles = insert(producer, requests)
 
     stored = rows()
     assert [h.id for h in handles] == [r["id"] for r in stored]
@@ -62,9 +63,9 @@ def test_producer__run_ids_are_unique_and_time_ordered(
     producer: Producer, tasks: dict[str, Task], clock: FakeClock
 ) -> None:
     """Run ids look like run_<26 chars>, never repeat, and sort by creation time."""
-    first = producer.insert([(tasks["email"], None, {})] * 3)
+    first = insert(producer, [(tasks["email"], None, {})] * 3)
     clock.advance(1)
-    second = producer.insert([(tasks["email"], None, {})])
+    second = insert(producer, [(tasks["email"], None, {})])
     ids = [h.id for h in first + second]
     assert len(set(ids)) == 4
     assert all(i.startswith("run_") and len(i) == 30 for i in ids)
@@ -75,7 +76,8 @@ def test_producer__stored_row_matches_the_trigger(
     producer: Producer, tasks: dict[str, Task], rows: Rows, events: Any, clock: FakeClock
 ) -> None:
     """Every option of the trigger is stored, and the timeline starts with `triggered`."""
-    (handle,) = producer.insert(
+    (handle,) = insert(
+        producer,
         [
             (
                 tasks["analyze"],
@@ -89,7 +91,7 @@ def test_producer__stored_row_matches_the_trigger(
                     "idempotency_key": "w-123",
                 },
             )
-        ]
+        ],
     )
     (row,) = rows()
     assert row["id"] == handle.id
@@ -129,7 +131,7 @@ def test_producer__parent_id_is_stored(
 ) -> None:
     """Runs triggered by a parent run remember it."""
     parent = new_run_id(1.0)
-    producer.insert([(tasks["email"], None, {})], parent_id=parent)
+    insert(producer, [(tasks["email"], None, {})], parent_id=parent)
     assert rows()[0]["parent_id"] == parent
 
 
@@ -151,12 +153,13 @@ def test_producer__idempotency_within_one_batch(
     producer: Producer, tasks: dict[str, Task], rows: Rows
 ) -> None:
     """Two items of one batch with the same key make one run; both handles carry its id."""
-    a, b, c = producer.insert(
+    a, b, c = insert(
+        producer,
         [
             (tasks["analyze"], 1, {"idempotency_key": "k"}),
             (tasks["analyze"], 2, {"idempotency_key": "k"}),
             (tasks["analyze"], 3, {}),
-        ]
+        ],
     )
     assert (a.is_new, b.is_new, c.is_new) == (True, False, True)
     assert b.id == a.id
@@ -167,11 +170,12 @@ def test_producer__idempotency_key_is_per_task(
     producer: Producer, tasks: dict[str, Task], rows: Rows
 ) -> None:
     """The same idempotency key on two different tasks makes two runs."""
-    a, b = producer.insert(
+    a, b = insert(
+        producer,
         [
             (tasks["analyze"], None, {"idempotency_key": "k"}),
             (tasks["summarize"], None, {"idempotency_key": "k"}),
-        ]
+        ],
     )
     assert (a.is_new, b.is_new) == (True, True)
     assert a.id != b.id
@@ -182,8 +186,8 @@ def test_producer__idempotency_across_producers(
     make_producer: Callable[..., Producer], tasks: dict[str, Task], rows: Rows
 ) -> None:
     """A web worker and the CLI (two producers) agree on an idempotent run."""
-    (a,) = make_producer().insert([(tasks["email"], None, {"idempotency_key": "once"})])
-    (b,) = make_producer().insert([(tasks["email"], None, {"idempotency_key": "once"})])
+    (a,) = insert(make_producer(), [(tasks["email"], None, {"idempotency_key": "once"})])
+    (b,) = insert(make_producer(), [(tasks["email"], None, {"idempotency_key": "once"})])
     assert b.id == a.id
     assert b.is_new is False
     assert len(rows()) == 1
@@ -212,10 +216,10 @@ def test_producer__one_bad_item_stores_nothing(
 ) -> None:
     """A batch with one invalid item is refused whole: no run, no queue override is stored."""
     producer = make_producer(max_payload_bytes=1000)
-    (kept,) = producer.insert([(tasks["email"], None, {})])
+    (kept,) = insert(producer, [(tasks["email"], None, {})])
     good = (tasks["analyze"], {"ok": True}, {"queue": {"name": "free", "concurrency_limit": 1}})
     with pytest.raises(error):
-        producer.insert([good, (tasks["analyze"], *bad), good])
+        insert(producer, [good, (tasks["analyze"], *bad), good])
     assert [r["id"] for r in rows()] == [kept.id]
     assert _queue_settings(database) == []
 
@@ -224,7 +228,7 @@ def test_producer__database_failure_mid_batch_stores_nothing(
     producer: Producer, tasks: dict[str, Task], rows: Rows, database: Path
 ) -> None:
     """If the insert fails inside the transaction, earlier rows of the batch are rolled back."""
-    producer.insert([(tasks["email"], None, {})])
+    insert(producer, [(tasks["email"], None, {})])
     conn = sqlite3.connect(database)
     conn.execute(
         "CREATE TRIGGER refuse_bad BEFORE INSERT ON runs WHEN NEW.payload = '\"bad\"' "
@@ -232,7 +236,7 @@ def test_producer__database_failure_mid_batch_stores_nothing(
     )
     conn.close()
     with pytest.raises(StoreError, match="refused by test"):
-        producer.insert([(tasks["email"], "good", {}), (tasks["email"], "bad", {})])
+        insert(producer, [(tasks["email"], "good", {}), (tasks["email"], "bad", {})])
     assert [r["payload"] for r in rows()] == ["null"]
 
 
@@ -243,12 +247,13 @@ def test_producer__queue_override_writes_queue_settings(
     producer: Producer, tasks: dict[str, Task], rows: Rows, database: Path, clock: FakeClock
 ) -> None:
     """Triggering with a queue plus limit stores that limit durably for the daemon to apply."""
-    producer.insert(
+    insert(
+        producer,
         [
             (tasks["analyze"], None, {"queue": {"name": "free-users", "concurrency_limit": 1}}),
             (tasks["analyze"], None, {"queue": {"name": "paid-users", "concurrency_limit": 10}}),
             (tasks["analyze"], None, {"queue": "plain"}),
-        ]
+        ],
     )
     assert [(r["queue"], r["queue_limit"]) for r in rows()] == [
         ("free-users", 1),
@@ -265,12 +270,16 @@ def test_producer__later_override_changes_the_limit_and_keeps_pause(
     producer: Producer, tasks: dict[str, Task], database: Path
 ) -> None:
     """A new trigger-time limit replaces the old one without unpausing a paused queue."""
-    producer.insert([(tasks["analyze"], None, {"queue": {"name": "free", "concurrency_limit": 1}})])
+    insert(
+        producer, [(tasks["analyze"], None, {"queue": {"name": "free", "concurrency_limit": 1}})]
+    )
     conn = sqlite3.connect(database)
     conn.execute("UPDATE queue_settings SET paused = 1, total_limit = 5")
     conn.commit()
     conn.close()
-    producer.insert([(tasks["analyze"], None, {"queue": {"name": "free", "concurrency_limit": 3}})])
+    insert(
+        producer, [(tasks["analyze"], None, {"queue": {"name": "free", "concurrency_limit": 3}})]
+    )
     assert [row[:4] for row in _queue_settings(database)] == [("free", 3, 5, 1)]
 
 
@@ -302,7 +311,7 @@ def test_producer__lock_held_too_long_says_by_whom(
     producer = make_producer(lock_timeout_s=0.2)
     started = time.monotonic()
     with pytest.raises(DatabaseBusyError) as info:
-        producer.insert([(tasks["email"], None, {})])
+        insert(producer, [(tasks["email"], None, {})])
     waited = time.monotonic() - started
     message = str(info.value)
     assert "database is locked" not in message
@@ -324,9 +333,9 @@ def test_producer__busy_error_names_the_daemon_pid(
     """With a daemon owning the database, the busy error names the daemon and its pid."""
     producer = make_producer(lock_timeout_s=0.1)
     with InstanceLock(database) as lock:
-        lock.acquire_for_daemon()
+        acquire(lock)
         with pytest.raises(DatabaseBusyError) as info:
-            producer.insert([(tasks["email"], None, {})])
+            insert(producer, [(tasks["email"], None, {})])
     assert f"the keyq daemon (pid {os.getpid()})" in str(info.value)
 
 
@@ -337,7 +346,7 @@ def test_producer__writer_waits_for_a_short_lock(
     release = threading.Timer(0.1, write_lock_holder.execute, ("COMMIT",))
     release.start()
     try:
-        (handle,) = producer.insert([(tasks["email"], None, {})])
+        (handle,) = insert(producer, [(tasks["email"], None, {})])
     finally:
         release.join()
     assert [r["id"] for r in rows()] == [handle.id]
@@ -356,7 +365,7 @@ def test_producer__many_producers_at_once_never_see_locked(
         barrier.wait()
         try:
             for i in range(10):
-                p.insert([(tasks["email"], {"p": n, "i": i}, {})])
+                insert(p, [(tasks["email"], {"p": n, "i": i}, {})])
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
+from support import insert
 
 from keyq.clock import FakeClock
 from keyq.config import Config
@@ -54,7 +55,7 @@ async def store(config: Config) -> AsyncIterator[SqliteStore]:
 
 
 def _trigger(producer: Producer, task: Task, n: int, **options: Any) -> list[str]:
-    handles = producer.insert([(task, {"n": i}, options) for i in range(n)])
+    handles = insert(producer, [(task, {"n": i}, options) for i in range(n)])
     return [h.id for h in handles]
 
 
@@ -142,7 +143,8 @@ async def test_load_active__spec_carries_every_stored_field(
     producer: Producer, tasks: dict[str, Task], store: SqliteStore, clock: FakeClock
 ) -> None:
     """A recovered run has the task, queue, key, priority, payload, attempts and timing stored."""
-    (run_id,) = producer.insert(
+    (run_id,) = insert(
+        producer,
         [
             (
                 tasks["analyze"],
@@ -425,7 +427,7 @@ async def test_settings__returns_runtime_overrides(
     producer: Producer, tasks: dict[str, Task], store: SqliteStore, database: Path
 ) -> None:
     """Queue and key overrides stored by producers and operators are read back by name."""
-    producer.insert([(tasks["email"], None, {"queue": {"name": "free", "concurrency_limit": 1}})])
+    insert(producer, [(tasks["email"], None, {"queue": {"name": "free", "concurrency_limit": 1}})])
     conn = sqlite3.connect(database)
     conn.execute(
         "INSERT INTO key_settings (queue, concurrency_key, concurrency_limit, paused, updated_at) "

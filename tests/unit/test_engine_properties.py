@@ -194,9 +194,8 @@ class EngineMachine(RuleBasedStateMachine):
     @initialize(limits=st.fixed_dictionaries({q: queue_limits for q in QUEUES}))
     def configure(self, limits: dict[str, QueueLimit]) -> None:
         self._begin()
-        for queue, limit in limits.items():
-            self.engine.set_queue_limit(queue, limit)
-            self.queue_limit[queue] = limit
+        self.engine.configure_limits({q: (limit, False) for q, limit in limits.items()}, {})
+        self.queue_limit.update(limits)
         self._tick()
 
     @rule(data=st.data(), n=st.integers(1, 3))
@@ -325,7 +324,7 @@ class EngineMachine(RuleBasedStateMachine):
     def set_queue_limit(self, queue: str, limit: QueueLimit) -> None:
         self._begin()
         self.queue_limit[queue] = limit
-        self.engine.set_queue_limit(queue, limit)
+        self._apply_settings()
         self._tick()
 
     @rule(base=st.integers(0, 6), burst_factor=st.sampled_from([1.0, 1.5, 2.0]))
@@ -346,21 +345,21 @@ class EngineMachine(RuleBasedStateMachine):
             self.key_limit.pop((queue, key), None)
         else:
             self.key_limit[(queue, key)] = limit
-        self.engine.set_key_limit(queue, key, limit)
+        self._apply_settings()
         self._tick()
 
     @rule(queue=st.sampled_from(QUEUES), paused=st.booleans())
     def pause_queue(self, queue: str, paused: bool) -> None:
         self._begin()
         (self.paused_queues.add if paused else self.paused_queues.discard)(queue)
-        self.engine.set_queue_paused(queue, paused)
+        self._apply_settings()
         self._tick()
 
     @rule(queue=st.sampled_from(QUEUES), key=st.sampled_from(KEYS), paused=st.booleans())
     def pause_key(self, queue: str, key: Key, paused: bool) -> None:
         self._begin()
         (self.paused_keys.add if paused else self.paused_keys.discard)((queue, key))
-        self.engine.set_key_paused(queue, key, paused)
+        self._apply_settings()
         self._tick()
 
     @rule(seconds=st.sampled_from([0, 0.5, 1, 3, 7.25, 20, 45]))
@@ -377,6 +376,15 @@ class EngineMachine(RuleBasedStateMachine):
         assert deadline is not None
         self.now = max(self.now, deadline)
         self._tick()
+
+    def _apply_settings(self) -> None:
+        """Every queue's and key's setting at once, as the daemon applies a reload."""
+        queues = {q: (self.queue_limit[q], q in self.paused_queues) for q in QUEUES}
+        keys = {
+            k: (self.key_limit.get(k), k in self.paused_keys)
+            for k in set(self.key_limit) | self.paused_keys
+        }
+        self.engine.configure_limits(queues, keys)
 
     # --- invariants --------------------------------------------------------------------
 
@@ -412,16 +420,11 @@ class EngineMachine(RuleBasedStateMachine):
     def _drive_to_completion(self) -> None:
         self.base, self.burst_factor = 10_000, 1.0
         self.engine.set_environment(self.base, self.burst_factor)
-        for queue in QUEUES:
-            self.queue_limit[queue] = QueueLimit()
-            self.engine.set_queue_limit(queue, QueueLimit())
-            self.paused_queues.discard(queue)
-            self.engine.set_queue_paused(queue, False)
-        for queue, key in set(self.key_limit) | self.paused_keys:
-            self.engine.set_key_limit(queue, key, None)
-            self.engine.set_key_paused(queue, key, False)
+        self.queue_limit = {q: QueueLimit() for q in QUEUES}
+        self.paused_queues.clear()
         self.key_limit.clear()
         self.paused_keys.clear()
+        self._apply_settings()
         for _ in range(200):
             if not len(self.engine):
                 return

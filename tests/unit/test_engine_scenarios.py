@@ -23,7 +23,7 @@ from keyq.core.model import (
     Step,
     Transition,
     WaitChildren,
-    WaitToken,
+    WaitForToken,
     WaitUntil,
 )
 from keyq.core.retry import Retry
@@ -58,7 +58,7 @@ def spec(
     available_at: float = 0.0,
     queue_limit: int | None = None,
     parent_id: str | None = None,
-    wait: WaitUntil | WaitChildren | WaitToken | None = None,
+    wait: WaitUntil | WaitChildren | WaitForToken | None = None,
 ) -> RunSpec:
     return RunSpec(
         id=run_id, seq=next(_seq), task=task, queue=queue, concurrency_key=key,
@@ -174,7 +174,7 @@ def test_engine__lowering_a_limit_does_not_preempt() -> None:
     """A lowered limit leaves running runs alone and only holds new starts back."""
     sim = Sim(limited(q=QueueLimit(concurrency_limit=3)))
     sim.submit(*(spec(f"r{i}") for i in range(5)))
-    sim.engine.set_queue_limit("q", QueueLimit(concurrency_limit=1))
+    sim.engine.configure_limits({"q": (QueueLimit(concurrency_limit=1), False)}, {})
     step = sim.tick()
     assert not step
     assert sim.stats() == (2, 0, 3, 0)
@@ -186,13 +186,13 @@ def test_engine__lowering_a_limit_does_not_preempt() -> None:
 def test_engine__pause_and_resume_queue_and_key() -> None:
     """Paused queues and keys start nothing; resuming starts their runs at once."""
     sim = Sim()
-    sim.engine.set_queue_paused("q", True)
-    sim.engine.set_key_paused("r", "A", True)
+    unpaused, paused = (QueueLimit(), False), (QueueLimit(), True)
+    sim.engine.configure_limits({"q": paused}, {("r", "A"): (None, True)})
     step = sim.submit(spec("q1"), spec("rA", queue="r", key="A"), spec("rB", queue="r", key="B"))
     assert started(step) == ["rB"]
-    sim.engine.set_queue_paused("q", False)
+    sim.engine.configure_limits({"q": unpaused}, {("r", "A"): (None, True)})
     assert started(sim.tick()) == ["q1"]
-    sim.engine.set_key_paused("r", "A", False)
+    sim.engine.configure_limits({"q": unpaused}, {})
     assert started(sim.tick()) == ["rA"]
 
 
@@ -200,9 +200,10 @@ def test_engine__key_override_raises_one_key() -> None:
     """keys set-limit lets one key run more than the queue's per-key limit."""
     sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
     sim.submit(*(spec(f"{k}{i}", key=k) for k in "AB" for i in range(3)))
-    sim.engine.set_key_limit("q", "B", 3)
+    one = {"q": (QueueLimit(concurrency_limit=1), False)}
+    sim.engine.configure_limits(one, {("q", "B"): (3, False)})
     assert started(sim.tick()) == ["B1", "B2"]
-    sim.engine.set_key_limit("q", "B", None)
+    sim.engine.configure_limits(one, {})
     assert sim.stats() == (2, 0, 4, 0)
 
 
@@ -701,10 +702,10 @@ def test_engine__token_completion_resumes_every_waiter() -> None:
     """Runs waiting on one token hold no slot and all resume when it is completed."""
     sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
     sim.submit(spec("a"))
-    assert sim.engine.wait("a", WaitToken("tok", None), sim.now)
+    assert sim.engine.wait("a", WaitForToken("tok", None), sim.now)
     sim.tick()
     sim.submit(spec("b"))
-    sim.engine.wait("b", WaitToken("tok", None), sim.now)
+    sim.engine.wait("b", WaitForToken("tok", None), sim.now)
     sim.tick()
     assert sim.stats() == (0, 0, 0, 2)
     sim.engine.token_done("tok", sim.now)
@@ -723,12 +724,12 @@ def test_engine__token_timeout_resumes_with_its_reason() -> None:
     that is ignored."""
     sim = Sim()
     sim.submit(spec("a"))
-    sim.engine.wait("a", WaitToken("tok", T0 + 30), sim.now)
+    sim.engine.wait("a", WaitForToken("tok", T0 + 30), sim.now)
     sim.tick()
     assert sim.engine.next_deadline() == T0 + 30
     step = sim.tick(T0 + 30)
     assert moves(step)[0] == ("a", "waiting", "queued", "token_timeout")
-    assert step.transitions[0].wait == WaitToken("tok", T0 + 30)
+    assert step.transitions[0].wait == WaitForToken("tok", T0 + 30)
     sim.engine.token_done("tok", sim.now)
     assert not sim.tick()
 
@@ -737,7 +738,7 @@ def test_engine__recover_reports_waited_tokens() -> None:
     """Recovery lists the tokens waiting runs wait on: they may have been completed
     while the daemon was down."""
     sim = Sim()
-    stored = spec("w", state=WAITING, attempt=1, wait=WaitToken("tok", None))
+    stored = spec("w", state=WAITING, attempt=1, wait=WaitForToken("tok", None))
     assert sim.engine.recover([stored], sim.now).tokens == ["tok"]
     sim.engine.token_done("tok", sim.now)
     assert moves(sim.tick())[0] == ("w", "waiting", "queued", "token_completed")
