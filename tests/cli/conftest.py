@@ -4,16 +4,11 @@ keyq.toml to run `keyq` commands in through typer's CliRunner."""
 from __future__ import annotations
 
 import importlib
-import sqlite3
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
-
-from keyq.cli import app
+from project import Project
 
 #: Imported once per process: keyq.task registers into the global default registry.
 TASK_MODULE = "keyq_clitier_tasks"
@@ -55,54 +50,11 @@ def task_module(tmp_path_factory: pytest.TempPathFactory) -> str:
     return TASK_MODULE
 
 
-@dataclass
-class Project:
-    """A directory with keyq.toml, the current directory while the test runs."""
-
-    root: Path
-    config: Path
-    module: str
-    runner: CliRunner
-
-    @property
-    def database(self) -> Path:
-        return self.root / "keyq.db"
-
-    def run(self, *args: str, config: bool = True, app_module: bool = False) -> Result:
-        """Invoke `keyq ARGS` (with --config, and --app for commands that import tasks)."""
-        argv = list(args)
-        if config:
-            argv += ["--config", str(self.config)]
-        if app_module:
-            argv += ["--app", self.module]
-        return self.runner.invoke(app, argv)
-
-    def trigger(self, *args: str) -> Result:
-        return self.run("trigger", *args, app_module=True)
-
-    def trigger_id(self, *args: str) -> str:
-        result = self.trigger(*args)
-        assert result.exit_code == 0, result.stderr
-        return result.stdout.strip()
-
-    def rows(self, where: str = "1", *params: Any) -> list[dict[str, Any]]:
-        """The runs table as an independent sqlite3 connection sees it."""
-        if not self.database.exists():
-            return []
-        conn = sqlite3.connect(self.database)
-        conn.row_factory = sqlite3.Row
-        try:
-            found = conn.execute(f"SELECT * FROM runs WHERE {where} ORDER BY seq", params)
-            return [dict(r) for r in found.fetchall()]
-        finally:
-            conn.close()
-
-
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task_module: str) -> Project:
-    config = tmp_path / "keyq.toml"
-    config.write_text(CONFIG)
     monkeypatch.delenv("KEYQ_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # undo the CLI's cwd insertion
-    return Project(tmp_path, config, task_module, CliRunner())
+    project = Project(tmp_path, task_module, template=CONFIG)
+    project.write_config()
+    return project

@@ -93,7 +93,7 @@ def test_cli__bad_config_exits_1_naming_the_key(
 ) -> None:
     """A bad key in the config stops any command with exit 1 and the dotted key on stderr."""
     project.config.write_text('database = "keyq.db"\n' + toml)
-    result = project.run(*command, app_module=command[0] == "trigger")
+    result = project.run(*command, app=command[0] == "trigger")
     assert result.exit_code == 1
     assert key in result.stderr
     assert str(project.config) in result.stderr
@@ -120,7 +120,7 @@ def test_cli__missing_config_file_exits_1(project: Project) -> None:
 def test_cli__local_keyq_toml_is_used_without_config(project: Project) -> None:
     """In a directory with keyq.toml, commands use it without --config."""
     project.config.write_text('database = "local.db"\n')
-    result = project.runner.invoke(app, ["trigger", "cli-echo", "--app", project.module])
+    result = project.runner.invoke(app, ["trigger", "cli-echo", "--app", project.app])
     assert result.exit_code == 0, result.stderr
     assert (project.root / "local.db").is_file()
     assert not project.database.exists()
@@ -134,7 +134,7 @@ def test_cli__env_config_beats_local_file(
     env_config = project.root / "env" / "keyq.toml"
     env_config.write_text('database = "env.db"\n')
     monkeypatch.setenv("KEYQ_CONFIG", str(env_config))
-    result = project.runner.invoke(app, ["trigger", "cli-echo", "--app", project.module])
+    result = project.runner.invoke(app, ["trigger", "cli-echo", "--app", project.app])
     assert result.exit_code == 0, result.stderr
     assert (project.root / "env" / "env.db").is_file()
 

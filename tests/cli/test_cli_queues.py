@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Project
+from project import Project
 
 
 def test_queues__lists_effective_limits_and_counts(project: Project) -> None:
@@ -12,13 +12,13 @@ def test_queues__lists_effective_limits_and_counts(project: Project) -> None:
     for key in ("u1", "u1", "u1", "u2"):
         project.trigger_id("cli-echo", "{}", "--concurrency-key", key)
 
-    before = project.run("queues", "--json", app_module=True)
+    before = project.run("queues", "--json", app=True)
     assert before.exit_code == 0, before.stderr
     (queue,) = [q for q in json.loads(before.stdout) if q["queue"] == "cli-q"]
     assert (queue["concurrency_limit"], queue["queued"], queue["running"]) == (2, 4, 0)
 
     assert project.run("queues", "set-limit", "cli-q", "5").exit_code == 0
-    after = json.loads(project.run("queues", "--json", app_module=True).stdout)
+    after = json.loads(project.run("queues", "--json", app=True).stdout)
     assert [q["concurrency_limit"] for q in after if q["queue"] == "cli-q"] == [5]
 
 
@@ -28,7 +28,7 @@ def test_keys__busiest_backlog_first_with_key_overrides(project: Project) -> Non
         project.trigger_id("cli-echo", "{}", "--concurrency-key", key)
     assert project.run("keys", "set-limit", "cli-q", "big", "7").exit_code == 0
 
-    result = project.run("keys", "--queue", "cli-q", "--json", app_module=True)
+    result = project.run("keys", "--queue", "cli-q", "--json", app=True)
     assert result.exit_code == 0, result.stderr
     keys = json.loads(result.stdout)
     assert [(k["concurrency_key"], k["queued"], k["limit"]) for k in keys] == [

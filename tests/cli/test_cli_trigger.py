@@ -123,7 +123,7 @@ def test_trigger__app_is_imported_from_the_current_directory(project: Project) -
 
 def test_trigger__tasks_from_config_are_imported(project: Project) -> None:
     """`tasks = [...]` in the config loads the modules, without --app."""
-    project.config.write_text(f'tasks = ["{project.module}"]\n' + project.config.read_text())
+    project.config.write_text(f'tasks = ["{project.app}"]\n' + project.config.read_text())
     result = project.run("trigger", "cli-echo", "{}")
     assert result.exit_code == 0, result.stderr
     assert len(project.rows()) == 1

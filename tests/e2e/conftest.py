@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from e2e_support import E2E_DIR, TASK_MODULE, Project
+from e2e_support import E2E_DIR, TASK_MODULE, Project, e2e_project
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +30,7 @@ def project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, e2e_tasks: ModuleType
 ) -> Iterator[Project]:
     monkeypatch.delenv("KEYQ_CONFIG", raising=False)
-    p = Project(tmp_path)
-    p.write_config()
+    p = e2e_project(tmp_path)
     try:
         yield p
     finally:

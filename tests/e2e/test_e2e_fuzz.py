@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from e2e_support import DaemonProcess, Project, wait_final
+from e2e_support import DaemonProcess, Project, e2e_project, wait_final
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -113,8 +113,7 @@ PAYLOADS = JSON | st.integers(1, 3000).map(Deep)
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, e2e_tasks: Any) -> Iterator[Project]:
-    project = Project(tmp_path_factory.mktemp("fuzz"))
-    project.write_config()
+    project = e2e_project(tmp_path_factory.mktemp("fuzz"))
     project.start_daemon()
     try:
         yield project

@@ -48,10 +48,14 @@ def test_instance_lock__can_be_taken_again_after_release(database: Path) -> None
     """After a daemon stops, the next one starts on the same database."""
     with InstanceLock(database) as first:
         acquire(first)
+    assert read_pid(lock_path(database)) is None
     second = InstanceLock(database)
     acquire(second)
+    assert daemon_running(database) is True
+    assert read_pid(lock_path(database)) == os.getpid()
     second.release()
     second.release()  # releasing twice is harmless
+    assert daemon_running(database) is False
 
 
 def test_instance_lock__cli_holder_blocks_a_daemon(database: Path) -> None:

@@ -101,5 +101,7 @@ def test_retry__invalid_argument_names_the_field(kwargs: dict[str, object], fiel
 
 def test_retry__boundary_values_are_accepted() -> None:
     """One attempt, zero jitter, full jitter, factor 1 and equal delays are all valid."""
-    Retry(max_attempts=1, jitter=0, factor=1, min_delay=5, max_delay=5)
-    Retry(jitter=1)
+    flat = Retry(max_attempts=1, jitter=0, factor=1, min_delay=5, max_delay=5)
+    assert [flat.delay_s(n, random.Random(0)) for n in (1, 2, 10)] == [5, 5, 5]
+    wide = Retry(jitter=1)
+    assert 0 <= wide.delay_s(1, random.Random(0)) <= 2 * wide.min_delay
