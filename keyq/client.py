@@ -35,8 +35,9 @@ from keyq.registry import (
     use_default_producer,
 )
 from keyq.results import RunHandle, RunResult, WaitToken
-from keyq.store import admin, tokens
-from keyq.store.instance import InstanceLock, daemon_running, socket_path
+from keyq.store import admin
+from keyq.store.instance import daemon_running, socket_path
+from keyq.store.local import LocalStore
 from keyq.store.reads import Inspector
 from keyq.triggers import check_idempotency_key, encode_payload
 
@@ -52,11 +53,13 @@ class Client:
         self._clock = SystemClock()
         self._socket = socket_path(self.config.database)
         self._channel = channel.Channel(self._socket)
+        self._store = LocalStore(self.config)
         self._producer = Producer(
             self.config,
             now=self._clock.now,
             poke=self._channel.poke,
             hand_off=self._channel.hand_off,
+            store=self._store,
         )
         self._inspector: Inspector | None = None
 
@@ -143,12 +146,8 @@ class Client:
         """Cancel a run, through the daemon if it runs, else directly in the database."""
         if not self.config.database.exists():
             raise RunNotFoundError(run_id)
-        lock = InstanceLock(self.config.database)
-        if lock.try_acquire():
-            with lock:
-                admin.cancel_stored(self._producer.connection(), run_id, self._clock.now())
-            return
-        self._ask({"op": "cancel", "run_id": run_id})
+        if not self._store.cancel_offline(run_id, self._clock.now()):
+            self._ask({"op": "cancel", "run_id": run_id})
 
     def set_queue_limit(
         self,
@@ -160,8 +159,7 @@ class Client:
         for name, value in (("concurrency_limit", concurrency_limit), ("total_limit", total_limit)):
             if value is not admin.UNSET:
                 check_limit(name, value)
-        admin.update_queue_settings(
-            self._producer.connection(),
+        self._store.update_queue_settings(
             check_name("queue name", queue),
             self._clock.now(),
             concurrency_limit=concurrency_limit,
@@ -172,23 +170,19 @@ class Client:
     def set_key_limit(self, queue: str, key: str, limit: int | None) -> None:
         """Set (None: clear) one concurrency key's limit in a queue; stored, applied live."""
         queue, key = check_name("queue name", queue), _key(key)
-        admin.update_key_settings(
-            self._producer.connection(),
-            queue,
-            key,
-            self._clock.now(),
-            concurrency_limit=check_limit("limit", limit),
+        self._store.update_key_settings(
+            queue, key, self._clock.now(), concurrency_limit=check_limit("limit", limit)
         )
         self._settings_changed()
 
     def pause(self, queue: str, key: str | None = None, *, paused: bool = True) -> None:
         """Pause (or with ``paused=False`` resume) a queue, or one key of it."""
         queue, key = check_name("queue name", queue), None if key is None else _key(key)
-        conn, now = self._producer.connection(), self._clock.now()
+        now = self._clock.now()
         if key is None:
-            admin.update_queue_settings(conn, queue, now, paused=paused)
+            self._store.update_queue_settings(queue, now, paused=paused)
         else:
-            admin.update_key_settings(conn, queue, key, now, paused=paused)
+            self._store.update_key_settings(queue, key, now, paused=paused)
         self._settings_changed()
 
     # --- waitpoint tokens ---------------------------------------------------------------------
@@ -203,15 +197,8 @@ class Client:
             timeout_at = None if timeout_s is None else bounds.later("timeout", now, timeout_s)
         except ValueError as exc:
             raise TriggerError(str(exc)) from None
-        row = tokens.create(
-            self._producer.connection(),
-            new_token_id(now),
-            run_id=None,
-            idempotency_key=check_idempotency_key(idempotency_key),
-            now=now,
-            timeout_at=timeout_at,
-        )
-        return row.handle()
+        key = check_idempotency_key(idempotency_key)
+        return self._store.create_token(new_token_id(now), key, now, timeout_at).handle()
 
     def complete_token(self, token: WaitToken | str, output: Any = None) -> None:
         """Complete a waiting token with ``output`` (JSON): the runs waiting on it resume.
@@ -221,17 +208,16 @@ class Client:
         """
         token_id = token.id if isinstance(token, WaitToken) else token
         text = encode_payload(output, self.config.max_payload_bytes, "output")
-        tokens.complete(self._producer.connection(), token_id, text, self._clock.now())
+        self._store.complete_token(token_id, text, self._clock.now())
         self._channel.poke()
 
     def get_token(self, token_id: str) -> dict[str, Any]:
         """The token as JSON: status, output, timeout and the run that created it."""
-        return tokens.get(self._producer.connection(), token_id).as_json()
+        return self._store.token(token_id).as_json()
 
     def list_tokens(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Tokens, newest first; ``status``: waiting, completed or timed_out."""
-        limit = _limit(limit)
-        rows = tokens.list_tokens(self._producer.connection(), status, limit)
+        rows = self._store.tokens(status, _limit(limit))
         return [row.as_json() for row in rows]
 
     def daemon_running(self) -> bool:

@@ -13,30 +13,21 @@ if one item is bad) and acknowledged only once it is on disk. Two ways there:
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 
+from keyq.config import Config
 from keyq.core.model import NewRun
-from keyq.errors import DatabaseBusyError, map_store_errors
 from keyq.ids import new_run_id
 from keyq.registry import TriggerRequest
 from keyq.results import RunHandle
-from keyq.store import db
-from keyq.store.codec import new_run_params
-from keyq.store.instance import lock_path, read_pid
+from keyq.store.local import LocalStore
 from keyq.triggers import build_run
-
-if TYPE_CHECKING:
-    from keyq.config import Config
 
 
 class Producer:
-    """Inserts runs into one database and pokes its daemon."""
+    """Validates runs, then hands them to the daemon or stores them directly and pokes it."""
 
     def __init__(
         self,
@@ -45,17 +36,13 @@ class Producer:
         now: Callable[[], float],
         poke: Callable[[], None],
         hand_off: Callable[[list[NewRun]], bool] | None = None,
+        store: LocalStore | None = None,
     ) -> None:
         self._config = config
         self._now = now
         self._poke = poke
         self._hand_off = hand_off  # True if the daemon took the runs (keyq.handoff)
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()  # one transaction at a time on our connection
-
-    @property
-    def database(self) -> Path:
-        return self._config.database
+        self._store = store if store is not None else LocalStore(config)
 
     def trigger_sync(
         self, requests: Sequence[TriggerRequest], parent_id: str | None = None
@@ -101,72 +88,8 @@ class Producer:
     def store(self, runs: list[NewRun]) -> list[RunHandle]:
         """Insert validated runs in one transaction; blocking. A run whose id is
         already stored (the daemon took it after all) is not stored twice."""
-        with self._lock:
-            return self._commit(runs)
-
-    def connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            cfg = self._config
-            group = cfg.security.group
-            self._conn = db.connect(cfg.database, cfg.durability, cfg.lock_timeout_s, group)
-        return self._conn
+        inserted = self._store.insert_runs(runs)
+        return [RunHandle(i.run_id, r.task, i.is_new) for i, r in zip(inserted, runs, strict=True)]
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _commit(self, runs: list[NewRun]) -> list[RunHandle]:
-        conn = self.connection()
-        try:
-            with map_store_errors(f"storing runs in {self.database}"), db.transaction(conn):
-                handles = _insert_runs(conn, runs)
-        except DatabaseBusyError as exc:
-            raise DatabaseBusyError(
-                busy_message(self.database, self._config.lock_timeout_s)
-            ) from exc
-        return handles
-
-
-def _insert_runs(conn: sqlite3.Connection, runs: list[NewRun]) -> list[RunHandle]:
-    handles: list[RunHandle] = []
-    plain: list[NewRun] = []
-    seen: dict[tuple[str, str], str] = {}
-    for run in runs:
-        if run.idempotency_key is None:
-            plain.append(run)
-            handles.append(RunHandle(run.id, run.task))
-            continue
-        scope = (run.task, run.idempotency_key)
-        existing = seen.get(scope) or _find_idempotent(conn, scope)
-        if existing is not None:
-            handles.append(RunHandle(existing, run.task, is_new=False))
-            continue
-        seen[scope] = run.id
-        plain.append(run)
-        handles.append(RunHandle(run.id, run.task))
-    conn.executemany(db.QUERIES["insert_run"], [new_run_params(r) for r in plain])
-    overrides = {
-        r.queue: (r.queue, r.queue_limit, r.created_at) for r in plain if r.queue_limit is not None
-    }
-    conn.executemany(db.QUERIES["set_queue_limit_from_trigger"], overrides.values())
-    return handles
-
-
-def _find_idempotent(conn: sqlite3.Connection, scope: tuple[str, str]) -> str | None:
-    row = conn.execute(db.QUERIES["find_idempotent"], scope).fetchone()
-    return row[0] if row else None
-
-
-def busy_message(database: Path, timeout_s: float) -> str:
-    pid = read_pid(lock_path(database))
-    holder = (
-        f"the keyq daemon (pid {pid}) or another writer held it"
-        if pid
-        else "another process held a write transaction (no keyq daemon is running)"
-    )
-    return (
-        f"database {database} stayed locked for {timeout_s:g}s: {holder}; "
-        "raise lock_timeout in the config if this is expected"
-    )
+        self._store.close()

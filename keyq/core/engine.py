@@ -173,6 +173,24 @@ class Engine:
             if run is not None:
                 run.seq = seq
 
+    def adopt(self, specs: Iterable[RunSpec]) -> None:
+        """Take stored runs exactly as they are, to operate on them without running them
+        (a cancel while no daemon runs): a RUNNING one holds its slot as if its attempt
+        were alive, a WAITING one waits on its waitpoint. Start nothing afterwards
+        (:meth:`hold_starts`); an attempt asked to stop has stopped, so report it."""
+        for spec in specs:
+            if spec.state in (QUEUED, DELAYED) and spec.wait is None:
+                self.submit(spec)
+                continue
+            run = self._adopt(spec)
+            if run.state is RUNNING:
+                self.limits.acquire(run.id, run.queue, run.key)
+            elif run.state is WAITING and spec.wait is not None:
+                self._await(run, spec.wait, 0.0)
+            elif run.state is QUEUED:  # queued to resume its wait
+                run.resume = True
+                self._dispatcher.push(run.id, run.queue, run.key, RESUME_PRIORITY)
+
     def withdraw(self, run_ids: Iterable[RunId]) -> None:
         """Forget runs submitted before their rows existed whose commit failed, as if
         they had never been triggered: their trigger is answered with the error, so

@@ -34,14 +34,13 @@ import anyio
 
 from keyq import handoff
 from keyq.core.engine import Engine
-from keyq.core.journal import Entry
 from keyq.core.model import ErrorInfo, NewRun, RunId, Step, Transition
 from keyq.core.states import FAILED, Reason
 from keyq.daemon.replies import Reply
 from keyq.errors import KeyqError, StoreError, UnstorableError
+from keyq.store.runs import JournalWrite
 from keyq.store.sqlite import SqliteStore
 
-JournalWrite = tuple[RunId, Entry, float]
 FIRST_RETRY_S, MAX_RETRY_S = 0.05, 5.0
 
 
@@ -139,12 +138,10 @@ class Recorder:
     async def _commit(self, writes: _Writes, hand_ins: Sequence[HandIn]) -> dict[RunId, int]:
         waits = [handoff.lock_wait_s(h.deadline) for h in hand_ins]
         return await self._store.commit(
-            writes.step.transitions,
-            writes.step.cancel_requests,
+            writes.step,
             writes.entries,
             [run for hand_in in hand_ins for run in hand_in.runs],
             lock_wait_s=min((w for w in waits if w is not None), default=None),
-            expired_tokens=writes.step.expired_tokens,
         )
 
     async def _record_apart(

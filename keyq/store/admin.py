@@ -8,13 +8,21 @@ a snapshot taken halfway through it.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
-from keyq.core.states import CANCELED, FINAL, Reason, RunState
-from keyq.errors import RunNotFoundError, RunStateError, map_store_errors
+from keyq.core.bounds import MAX_LIMIT
+from keyq.core.engine import Engine
+from keyq.core.limits import Limits
+from keyq.core.model import Cancelled, Step
+from keyq.core.states import FINAL, RunState
+from keyq.errors import RunNotFoundError, RunStateError
 from keyq.store import db
-from keyq.store.codec import event_line
+from keyq.store.codec import spec_from_row
+from keyq.store.db import QUERIES as Q
+from keyq.store.errors import map_store_errors
+from keyq.store.runs import write_step
 
 UNSET: Any = object()
 
@@ -71,20 +79,26 @@ def update_key_settings(
 
 def cancel_stored(conn: sqlite3.Connection, run_id: str, now: float) -> None:
     """Cancel an active run and its active children (and theirs) directly in the
-    database, as the daemon would (the caller holds the instance lock)."""
+    database, by the engine's own rule (the caller holds the instance lock).
+
+    The run and its active descendants are adopted as stored by an engine that
+    starts nothing; the engine cancels them as the daemon would, and its step
+    is written by the daemon's own write path. A run recorded RUNNING has no
+    live attempt (no daemon runs): its cancel ends it at once.
+    """
     with map_store_errors(f"canceling run {run_id}"), db.transaction(conn):
-        row = conn.execute(db.QUERIES["get_run_status"], (run_id,)).fetchone()
+        row = conn.execute(db.QUERIES["get_run_outcome"], (run_id,)).fetchone()
         if row is None:
             raise RunNotFoundError(run_id)
-        status = RunState(row[0])
-        if status in FINAL:
-            raise RunStateError(f"run {run_id} is already {status.value}")
-        runs = [(run_id, status, row[1])]
-        for child_id, child_status, attempt in conn.execute(
-            db.QUERIES["active_descendants"], (run_id,)
-        ).fetchall():
-            runs.append((child_id, RunState(child_status), attempt))
-        conn.executemany(
-            db.QUERIES["cancel_stored_run"],
-            [(now, event_line(now, s, CANCELED, Reason.CANCELED, a), i) for i, s, a in runs],
-        )
+        if RunState(row[0]) in FINAL:
+            raise RunStateError(f"run {run_id} is already {row[0]}")
+        family = [run_id, *(r[0] for r in conn.execute(Q["active_descendants"], (run_id,)))]
+        rows = conn.execute(Q["select_runs_by_ids"], (json.dumps(family),)).fetchall()
+        engine = Engine(Limits(MAX_LIMIT, 1.0))
+        engine.hold_starts()
+        engine.adopt(map(spec_from_row, rows))
+        engine.cancel(run_id, now)
+        asked = engine.tick(now)
+        for stopped in asked.cancel:
+            engine.finished(stopped, Cancelled(), now)
+        write_step(conn, Step(asked.transitions + engine.tick(now).transitions))

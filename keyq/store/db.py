@@ -17,7 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import LiteralString, cast
 
-from keyq.errors import StoreError, map_store_errors
+from keyq.errors import StoreError
+from keyq.store.errors import map_store_errors
 from keyq.store.filesystems import check_database
 from keyq.store.permissions import FileAccess
 

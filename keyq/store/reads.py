@@ -16,11 +16,12 @@ from keyq.config import Config
 from keyq.core.limits import QueueLimit
 from keyq.core.settings import QueueSetting, queue_settings
 from keyq.core.states import ACTIVE_ORDER, FINAL, RunState
-from keyq.errors import KeyqError, RunNotFoundError, map_store_errors
+from keyq.errors import KeyqError, RunNotFoundError
 from keyq.registry import Queue
 from keyq.results import RunResult
 from keyq.store import db
 from keyq.store.codec import error_from_json, run_json
+from keyq.store.errors import map_store_errors
 
 STATUSES = [s.value for s in RunState]
 ACTIVE_NAMES = tuple(s.value for s in ACTIVE_ORDER)

@@ -30,20 +30,13 @@ import anyio
 
 from keyq.config import Config
 from keyq.core.journal import Entry
-from keyq.core.model import (
-    CancelRequest,
-    ChildResult,
-    NewRun,
-    RunId,
-    RunSpec,
-    TokenExpiry,
-    Transition,
-)
+from keyq.core.model import ChildResult, NewRun, RunId, RunSpec, Step
 from keyq.core.states import ACTIVE_ORDER, RunState
-from keyq.errors import is_busy, map_store_errors
 from keyq.results import WaitToken as TokenHandle
-from keyq.store import db
-from keyq.store.codec import error_from_json, new_run_params, spec_from_row, transition_params
+from keyq.store import db, tokens
+from keyq.store.codec import error_from_json, spec_from_row
+from keyq.store.errors import is_busy, map_store_errors
+from keyq.store.runs import JournalWrite, rows_written, write_step
 from keyq.store.tokens import TokenRow, token_from_row
 
 Q = db.QUERIES
@@ -159,51 +152,24 @@ class SqliteStore:
 
     async def commit(
         self,
-        transitions: Sequence[Transition],
-        cancel_requests: Sequence[CancelRequest] = (),
-        entries: Sequence[tuple[RunId, Entry, float]] = (),
+        step: Step,
+        entries: Sequence[JournalWrite] = (),
         inserts: Sequence[NewRun] = (),
+        *,
         lock_wait_s: float | None = None,
-        expired_tokens: Sequence[TokenExpiry] = (),
     ) -> dict[RunId, int]:
-        """Persist new runs, transitions (in order), cancel requests and journal
-        entries, in one transaction, and the tokens whose waits timed out
-        (``expired_tokens``), so that a token and its waiters always agree.
-
-        ``inserts`` are runs handed in: the engine knows them with seq 0, so
-        their transitions and cancel requests here say 0 too, and get the seq
-        their INSERT was given. Returns those seqs by run id. A run whose id is
-        already stored (stored directly by a client that heard no answer) is
-        not inserted again: its transitions apply to that row.
+        """Persist a step's writes and the runs handed in (:func:`keyq.store.runs.write_step`)
+        in one transaction; the seqs of the runs inserted.
 
         ``lock_wait_s`` caps the wait for the write lock (runs handed in must be
         stored before their client gives up on the answer). Raises StoreError, or
         UnstorableError when the values themselves were refused.
         """
-        with map_store_errors("encoding transitions"):
-            params = [transition_params(t) for t in transitions]
-            new_rows = [(r.id, new_run_params(r)) for r in inserts]
-        journal = [(run_id, e.position, e.kind, e.name, e.data, at) for run_id, e, at in entries]
-        expired = [(e.at, e.token_id) for e in expired_tokens]
-
-        def write() -> dict[RunId, int]:
-            conn = self._conn
-            # Built here, not outside: a write may run twice (inline, then in the
-            # thread), and the second one's INSERTs may be given other seqs.
-            seqs = _insert(conn, new_rows) if new_rows else {}
-            updates = _with_seqs(params, seqs, transitions) if seqs else params
-            conn.executemany(Q["apply_transition"], updates)
-            if cancel_requests:
-                marks = [(c.at, c.seq or seqs[c.run_id]) for c in cancel_requests]
-                conn.executemany(Q["mark_cancel_requested"], marks)
-            if journal:
-                conn.executemany(Q["insert_journal_entry"], journal)
-            if expired:
-                conn.executemany(Q["time_out_token"], expired)
-            return seqs
-
-        rows = len(new_rows) + len(params) + len(cancel_requests) + len(journal)
-        return await self._write(f"recording {len(params)} transitions", rows, write, lock_wait_s)
+        rows = rows_written(step, entries, inserts)
+        what = f"recording {len(step.transitions)} transitions"
+        return await self._write(
+            what, rows, lambda: write_step(self._conn, step, entries, inserts), lock_wait_s
+        )
 
     async def stored_ids(self, run_ids: Sequence[RunId]) -> set[RunId]:
         """Which of these run ids have a row."""
@@ -230,13 +196,9 @@ class SqliteStore:
         the run's journal, in one transaction."""
 
         def write() -> TokenRow:
-            conn = self._conn
-            conn.execute(Q["insert_token"], (token_id, run_id, idempotency_key, now, timeout_at))
-            row = token_from_row(conn.execute(Q["get_token_by_key"], (idempotency_key,)).fetchone())
-            data = json.dumps({"token": row.id, "timeout_at": row.timeout_at})
-            entry = (run_id, entry_position, "token", "", data, now)
-            conn.execute(Q["insert_journal_entry"], entry)
-            return row
+            return tokens.insert(
+                self._conn, token_id, run_id, idempotency_key, now, timeout_at, entry_position
+            )
 
         return (await self._write("creating a waitpoint token", 2, write)).handle()
 
@@ -271,26 +233,3 @@ class SqliteStore:
             [dict(zip(queue_cols, r, strict=True)) for r in queues],
             [dict(zip(key_cols, r, strict=True)) for r in keys],
         )
-
-
-def _insert(
-    conn: sqlite3.Connection, rows: list[tuple[RunId, tuple[Any, ...]]]
-) -> dict[RunId, int]:
-    """Insert runs handed in; their seqs by id (an id already stored keeps its row)."""
-    seqs: dict[RunId, int] = {}
-    for run_id, params in rows:
-        cursor = conn.execute(Q["insert_run"], params)
-        if cursor.rowcount == 1 and cursor.lastrowid is not None:
-            seqs[run_id] = cursor.lastrowid
-        else:
-            (seqs[run_id],) = conn.execute(Q["seq_of_run"], (run_id,)).fetchone()
-    return seqs
-
-
-def _with_seqs(
-    params: list[tuple[Any, ...]], seqs: dict[RunId, int], transitions: Sequence[Transition]
-) -> list[tuple[Any, ...]]:
-    """Transition params with each seq 0 (a run handed in) replaced by its row's seq."""
-    return [
-        p if p[-1] else (*p[:-1], seqs[t.run_id]) for p, t in zip(params, transitions, strict=True)
-    ]

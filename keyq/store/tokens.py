@@ -75,15 +75,34 @@ def create(
     now: float,
     timeout_at: float | None,
 ) -> TokenRow:
-    """Insert a waiting token, or return the one that already has this idempotency key."""
+    """Insert a waiting token, or return the one that already has this idempotency key
+    (a client's token: one transaction of its own)."""
     with db.transaction(conn):
-        params = (token_id, run_id, idempotency_key, now, timeout_at)
-        conn.execute(Q["insert_token"], params)
-        if idempotency_key is not None:
-            row = conn.execute(Q["get_token_by_key"], (idempotency_key,)).fetchone()
-        else:
-            row = conn.execute(Q["get_token"], (token_id,)).fetchone()
-    return token_from_row(row)
+        return insert(conn, token_id, run_id, idempotency_key, now, timeout_at)
+
+
+def insert(
+    conn: sqlite3.Connection,
+    token_id: str,
+    run_id: str | None,
+    idempotency_key: str | None,
+    now: float,
+    timeout_at: float | None,
+    journal_position: int | None = None,
+) -> TokenRow:
+    """The one way a token is made, inside the caller's transaction: insert it (or find
+    the one with this idempotency key) and, for a run's token, record it in the run's
+    journal at ``journal_position``, so that a replay finds the same token."""
+    conn.execute(Q["insert_token"], (token_id, run_id, idempotency_key, now, timeout_at))
+    if idempotency_key is not None:
+        row = token_from_row(conn.execute(Q["get_token_by_key"], (idempotency_key,)).fetchone())
+    else:
+        row = token_from_row(conn.execute(Q["get_token"], (token_id,)).fetchone())
+    if run_id is not None and journal_position is not None:
+        data = json.dumps({"token": row.id, "timeout_at": row.timeout_at})
+        entry = (run_id, journal_position, "token", "", data, now)
+        conn.execute(Q["insert_journal_entry"], entry)
+    return row
 
 
 def get(conn: sqlite3.Connection, token_id: str) -> TokenRow:

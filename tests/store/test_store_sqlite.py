@@ -16,7 +16,15 @@ from support import insert
 
 from keyq.clock import FakeClock
 from keyq.config import Config
-from keyq.core.model import ChildResult, ErrorInfo, RunSpec, Transition, WaitChildren, WaitUntil
+from keyq.core.model import (
+    ChildResult,
+    ErrorInfo,
+    RunSpec,
+    Step,
+    Transition,
+    WaitChildren,
+    WaitUntil,
+)
 from keyq.core.states import (
     CANCELED,
     COMPLETED,
@@ -114,7 +122,8 @@ async def test_load_active__only_non_final_runs_and_the_max_seq(
     assert list(by_id) == ids
     t = clock.now() + 1
     s = [by_id[i] for i in ids]
-    await store.commit(
+    await commit(
+        store,
         [
             _move(s[1], t, QUEUED, RUNNING, "started", 1),
             _move(s[2], t, QUEUED, RUNNING, "started", 1),
@@ -124,7 +133,7 @@ async def test_load_active__only_non_final_runs_and_the_max_seq(
             _move(s[4], t, RUNNING, FAILED, "failed", 1, error=ErrorInfo("E", "m")),
             _move(s[6], t, QUEUED, RUNNING, "started", 1),
             _move(s[6], t, RUNNING, COMPLETED, "completed", 1, result="1"),
-        ]
+        ],
     )
 
     active, max_seq = await runs_and_seq(store)
@@ -222,13 +231,14 @@ async def test_commit__many_transitions_of_many_runs_in_one_call(
     (a, b), _ = await runs_and_seq(store)
     t0 = clock.now()
     boom = ErrorInfo("ValueError", "bad input", "Traceback ...")
-    await store.commit(
+    await commit(
+        store,
         [
             _move(a, t0 + 1, QUEUED, RUNNING, "started", 1),
             _move(b, t0 + 1, QUEUED, RUNNING, "started", 1),
             _move(a, t0 + 2, RUNNING, COMPLETED, "completed", 1, result='{"ok":true}'),
             _move(b, t0 + 3, RUNNING, DELAYED, "retry", 1, error=boom, available_at=t0 + 13),
-        ]
+        ],
     )
 
     row_a, row_b = rows()
@@ -272,7 +282,7 @@ async def test_commit__small_and_large_commits_land_the_same(
     _trigger(producer, tasks["email"], runs)
     specs, _ = await runs_and_seq(store)
     t0 = clock.now()
-    await store.commit([_move(s, t0 + 1, QUEUED, RUNNING, "started", 1) for s in specs])
+    await commit(store, [_move(s, t0 + 1, QUEUED, RUNNING, "started", 1) for s in specs])
     assert {(r["status"], r["started_at"]) for r in rows()} == {("running", t0 + 1)}
 
 
@@ -296,12 +306,12 @@ async def test_commit__waits_for_another_process_lock_without_blocking_the_loop(
         other.execute("BEGIN IMMEDIATE")
         committed = anyio.Event()
 
-        async def commit() -> None:
-            await store.commit([_move(spec, clock.now(), QUEUED, RUNNING, "started", 1)])
+        async def record() -> None:
+            await commit(store, [_move(spec, clock.now(), QUEUED, RUNNING, "started", 1)])
             committed.set()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(commit)
+            tg.start_soon(record)
             # Reached only if the commit left the loop free while the lock is held.
             await wait_all_tasks_blocked()
             assert not committed.is_set()
@@ -328,13 +338,13 @@ async def test_commit__started_once_error_kept_finished_on_final(
         _move(run, 21.0, QUEUED, RUNNING, "started", 2),
     ]
     for step in steps:  # separate wake-ups, separate commits
-        await store.commit([step])
+        await commit(store, [step])
     (row,) = rows()
     assert (row["status"], row["attempt"], row["started_at"]) == ("running", 2, 10.0)
     assert row["finished_at"] is None
     assert json.loads(row["error"])["message"] == "attempt 1 timed out"
 
-    await store.commit([_move(run, 25.0, RUNNING, FAILED, "failed", 2, error=last)])
+    await commit(store, [_move(run, 25.0, RUNNING, FAILED, "failed", 2, error=last)])
     (row,) = rows()
     assert (row["status"], row["started_at"], row["finished_at"]) == ("failed", 10.0, 25.0)
     assert json.loads(row["error"])["message"] == "attempt 2 broke"
@@ -356,23 +366,24 @@ async def test_commit__waitpoint_is_stored_and_cleared(
     _trigger(producer, tasks["email"], 1)
     ((run,), _) = await runs_and_seq(store)
     wait = WaitChildren(("run_child1", "run_child2"))
-    await store.commit(
+    await commit(
+        store,
         [
             _move(run, 1.0, QUEUED, RUNNING, "started", 1),
             _move(run, 2.0, RUNNING, WAITING, "trigger_and_wait", 1, wait=wait),
-        ]
+        ],
     )
     ((recovered,), _) = await runs_and_seq(store)
     assert (recovered.state, recovered.wait) == (WAITING, wait)
 
-    await store.commit([_move(run, 3.0, WAITING, QUEUED, "children done", 1)])
+    await commit(store, [_move(run, 3.0, WAITING, QUEUED, "children done", 1)])
     ((resumed,), _) = await runs_and_seq(store)
     assert (resumed.state, resumed.wait) == (QUEUED, None)
 
 
 async def test_commit__empty_batch_is_harmless(store: SqliteStore) -> None:
     """Committing no transitions is a no-op."""
-    await store.commit([])
+    await commit(store, [])
     assert await runs_and_seq(store) == ([], 0)
 
 
@@ -389,14 +400,15 @@ async def test_commit__failure_rolls_back_the_whole_group(
     )
     conn.close()
     with pytest.raises(StoreError, match="refused by test"):
-        await store.commit(
+        await commit(
+            store,
             [
                 _move(a, 1.0, QUEUED, RUNNING, "started", 1),
                 _move(b, 1.0, QUEUED, RUNNING, "started", 1),
-            ]
+            ],
         )
     assert [r["status"] for r in rows()] == ["queued", "queued"]
-    await store.commit([_move(a, 2.0, QUEUED, RUNNING, "started", 1)])  # the store still works
+    await commit(store, [_move(a, 2.0, QUEUED, RUNNING, "started", 1)])  # the store still works
     assert [r["status"] for r in rows()] == ["running", "queued"]
 
 
@@ -410,13 +422,14 @@ async def test_outcome__reports_the_stored_result(
     _trigger(producer, tasks["email"], 2)
     (a, b), _ = await runs_and_seq(store)
     oops = ErrorInfo("KeyError", "'x'")
-    await store.commit(
+    await commit(
+        store,
         [
             _move(a, 1.0, QUEUED, RUNNING, "started", 1),
             _move(a, 2.0, RUNNING, COMPLETED, "completed", 1, result="[1,2]"),
             _move(b, 1.0, QUEUED, RUNNING, "started", 1),
             _move(b, 2.0, RUNNING, FAILED, "failed", 1, error=oops),
-        ]
+        ],
     )
     assert await store.outcome(a.id) == ChildResult(a.id, COMPLETED, "[1,2]", None)
     assert await store.outcome(b.id) == ChildResult(b.id, FAILED, None, oops)
@@ -440,3 +453,8 @@ async def test_settings__returns_runtime_overrides(
     assert keys == [
         {"queue": "free", "concurrency_key": "u-1", "concurrency_limit": 5, "paused": 1}
     ]
+
+
+async def commit(store: SqliteStore, transitions: list[Transition]) -> None:
+    """One step of these transitions, recorded as the daemon records it."""
+    await store.commit(Step(tuple(transitions)))

@@ -55,6 +55,11 @@ SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_att
        queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at
 FROM runs WHERE status = ? ORDER BY seq;
 
+-- name: select_runs_by_ids
+SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_attempts, payload,
+       queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at
+FROM runs WHERE id IN (SELECT value FROM json_each(?)) ORDER BY seq;
+
 -- name: max_seq
 SELECT COALESCE(MAX(seq), 0) FROM runs;
 
@@ -170,5 +175,5 @@ WITH RECURSIVE tree (id) AS (
     UNION
     SELECT r.id FROM runs r INDEXED BY runs_parent JOIN tree t ON r.parent_id = t.id
 )
-SELECT r.id, r.status, r.attempt FROM runs r JOIN tree USING (id)
+SELECT r.id FROM runs r JOIN tree USING (id)
 WHERE r.status IN ('queued', 'delayed', 'running', 'waiting');

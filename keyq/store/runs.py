@@ -1,0 +1,148 @@
+"""Writing runs: the one insert path and the one path for a step's transitions.
+
+Every process that writes runs goes through here, inside a transaction its
+caller opened: a client storing triggers directly, the daemon storing runs
+handed in together with their first transitions, and an operator's cancel
+while no daemon runs. Synchronous and connection-level: the daemon's store
+runs these on its own connection, inline or in its worker thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from keyq.core.journal import Entry
+from keyq.core.model import CancelRequest, NewRun, RunId, Step, TokenExpiry, Transition
+from keyq.store.codec import new_run_params, transition_params
+from keyq.store.db import QUERIES as Q
+
+JournalWrite = tuple[RunId, Entry, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    """What storing one run did: ``run_id`` is the run now stored (another run's, when
+    its idempotency key matched: ``is_new`` is False); ``seq`` its row, when asked for."""
+
+    run_id: RunId
+    is_new: bool
+    seq: int | None = None
+
+
+def insert_runs(
+    conn: sqlite3.Connection, runs: Sequence[NewRun], *, seqs: bool = False
+) -> list[Inserted]:
+    """Insert validated runs, one result per run in order.
+
+    A run whose idempotency key was used before for its task (in the database or
+    earlier in ``runs``) is not stored: the earlier run stands for it. A run whose
+    id is already stored (stored by the other path) keeps that row. With
+    ``seqs``, each result carries its row's seq (one statement per run: the
+    daemon needs them); without, the rows go in one ``executemany``. A
+    trigger-time queue limit is stored as that queue's runtime limit.
+    """
+    inserted, fresh = _resolve_idempotency(conn, runs)
+    if seqs:
+        by_id = {r.id: _insert_one(conn, r) for r in fresh}
+        inserted = [Inserted(i.run_id, i.is_new, by_id.get(i.run_id)) for i in inserted]
+    else:
+        conn.executemany(Q["insert_run"], [new_run_params(r) for r in fresh])
+    overrides = {
+        r.queue: (r.queue, r.queue_limit, r.created_at) for r in fresh if r.queue_limit is not None
+    }
+    conn.executemany(Q["set_queue_limit_from_trigger"], overrides.values())
+    return inserted
+
+
+def _resolve_idempotency(
+    conn: sqlite3.Connection, runs: Sequence[NewRun]
+) -> tuple[list[Inserted], list[NewRun]]:
+    """Which runs stand for themselves, and which an earlier run with their key replaces."""
+    results: list[Inserted] = []
+    fresh: list[NewRun] = []
+    seen: dict[tuple[str, str], str] = {}
+    for run in runs:
+        if run.idempotency_key is not None:
+            scope = (run.task, run.idempotency_key)
+            existing = seen.get(scope) or _find_idempotent(conn, scope)
+            if existing is not None:
+                results.append(Inserted(existing, is_new=False))
+                continue
+            seen[scope] = run.id
+        fresh.append(run)
+        results.append(Inserted(run.id, is_new=True))
+    return results, fresh
+
+
+def _find_idempotent(conn: sqlite3.Connection, scope: tuple[str, str]) -> str | None:
+    row = conn.execute(Q["find_idempotent"], scope).fetchone()
+    return row[0] if row else None
+
+
+def _insert_one(conn: sqlite3.Connection, run: NewRun) -> int:
+    cursor = conn.execute(Q["insert_run"], new_run_params(run))
+    if cursor.rowcount == 1 and cursor.lastrowid is not None:
+        return cursor.lastrowid
+    (seq,) = conn.execute(Q["seq_of_run"], (run.id,)).fetchone()  # stored already
+    return int(seq)
+
+
+def write_step(
+    conn: sqlite3.Connection,
+    step: Step,
+    entries: Sequence[JournalWrite] = (),
+    inserts: Sequence[NewRun] = (),
+) -> dict[RunId, int]:
+    """Store runs handed in, then a step's transitions (in order), cancel requests,
+    journal entries and timed-out tokens; the seqs of the runs inserted, by id.
+
+    Runs handed in are known to the engine with seq 0 before their rows exist:
+    their transitions and cancel requests here say 0, and get the seq their
+    INSERT was given. A run whose id is already stored is not inserted again:
+    its transitions apply to that row.
+    """
+    params = [transition_params(t) for t in step.transitions]
+    seqs = _inserted_seqs(conn, inserts) if inserts else {}
+    conn.executemany(Q["apply_transition"], _with_seqs(params, seqs, step.transitions))
+    _mark_cancels(conn, step.cancel_requests, seqs)
+    if entries:
+        journal = [(run_id, e.position, e.kind, e.name, e.data, at) for run_id, e, at in entries]
+        conn.executemany(Q["insert_journal_entry"], journal)
+    _time_out(conn, step.expired_tokens)
+    return seqs
+
+
+def _inserted_seqs(conn: sqlite3.Connection, runs: Sequence[NewRun]) -> dict[RunId, int]:
+    return {i.run_id: i.seq for i in insert_runs(conn, runs, seqs=True) if i.seq is not None}
+
+
+def rows_written(step: Step, entries: Sequence[JournalWrite], inserts: Sequence[NewRun]) -> int:
+    """How many rows :func:`write_step` writes (the daemon sends big steps to a thread)."""
+    return len(inserts) + len(step.transitions) + len(step.cancel_requests) + len(entries)
+
+
+def _with_seqs(
+    params: list[tuple[Any, ...]], seqs: dict[RunId, int], transitions: Sequence[Transition]
+) -> list[tuple[Any, ...]]:
+    """Transition params with each seq 0 (a run handed in) replaced by its row's seq."""
+    if not seqs:
+        return params
+    return [
+        p if p[-1] else (*p[:-1], seqs[t.run_id]) for p, t in zip(params, transitions, strict=True)
+    ]
+
+
+def _mark_cancels(
+    conn: sqlite3.Connection, requests: Sequence[CancelRequest], seqs: dict[RunId, int]
+) -> None:
+    if requests:
+        marks = [(c.at, c.seq or seqs[c.run_id]) for c in requests]
+        conn.executemany(Q["mark_cancel_requested"], marks)
+
+
+def _time_out(conn: sqlite3.Connection, expired: Sequence[TokenExpiry]) -> None:
+    if expired:
+        conn.executemany(Q["time_out_token"], [(e.at, e.token_id) for e in expired])
