@@ -40,7 +40,6 @@ from keyq.triggers import build_run
 MAX_MESSAGE_BYTES = 64 * 1024  # the control socket's line limit; bigger batches go direct
 _ENVELOPE_BYTES = 64  # the request's fields around the runs
 ANSWER_TIMEOUT_S = 2.0  # then the client stores the runs itself (safe: see above)
-ADOPT_MARGIN_S = 0.5  # the daemon adopts nothing this close to the client's deadline
 _CLOCK_SLACK_S = 0.5  # a deadline may be this much further off (the request's own time)
 _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -81,8 +80,8 @@ def request(encoded_runs: bytes, retry: bool) -> bytes:
 
     ``deadline`` (CLOCK_MONOTONIC, one clock for every process on the host) is
     when the client stops waiting for the answer and stores the runs itself:
-    the daemon adopts none of them after ``deadline - ADOPT_MARGIN_S``, so a
-    run it has not begun to commit by then is the client's alone to store (or
+    the daemon adopts none of them close to it (:mod:`keyq.store.handins`), so
+    a run it has not begun to commit by then is the client's alone to store (or
     to refuse). ``retry``: this request was sent before, to a daemon that may
     have stored the runs, so the daemon looks their ids up first.
     """
@@ -101,19 +100,6 @@ def check_deadline(value: Any) -> float:
     except bounds.BoundError as exc:
         clock = f"the host's monotonic clock plus {ANSWER_TIMEOUT_S:g} s"
         raise TriggerError(f"{exc} ({clock})") from None
-
-
-def too_late(deadline: float | None) -> bool:
-    """True once a client may be storing its runs itself: the daemon must not adopt them."""
-    return deadline is not None and host_monotonic() >= deadline - ADOPT_MARGIN_S
-
-
-def lock_wait_s(deadline: float | None) -> float | None:
-    """How long a commit of runs handed in with ``deadline`` may wait for the write lock:
-    it must have begun before the client gives up and stores them itself."""
-    if deadline is None:
-        return None
-    return max(0.0, deadline - host_monotonic() - ADOPT_MARGIN_S / 2)
 
 
 _FIELDS = ("id", "task", "at", "parent_id", "options", "payload")

@@ -7,17 +7,20 @@ import json
 import os
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from keyq.config import Config
 from keyq.producer import Producer
-from keyq.registry import TriggerRequest
+from keyq.registry import Registry, TriggerRequest
 from keyq.results import RunHandle
 from keyq.store.instance import InstanceLock
+from keyq.store.protocol import Event, Tick
+from keyq.store.sqlite import SqliteStore
 
 
 class Overlap:
@@ -98,3 +101,22 @@ def insert(
 def acquire(lock: InstanceLock) -> None:
     """Take a daemon's instance lock from sync test code."""
     anyio.run(lock.acquire_for_daemon)
+
+
+class RefusingStore(SqliteStore):
+    """A real SQLite store whose admission fails the events ``refuses`` picks, as a bug in
+    it would: their callers are answered with the error, the rest goes on as usual."""
+
+    def __init__(self, config: Config, registry: Registry, refuses: Callable[[Event], bool]):
+        super().__init__(config, registry)
+        self._refuses = refuses
+
+    async def tick(self, events: Sequence[Event], now: float) -> Tick:
+        kept = []
+        for event in events:
+            reply = getattr(event, "reply", None)
+            if self._refuses(event) and reply is not None:
+                reply.fail(RuntimeError("adoption bug"))
+            else:
+                kept.append(event)
+        return await super().tick(kept, now)

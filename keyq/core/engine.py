@@ -95,6 +95,7 @@ class _Run:
     cancel_reason: Reason | None = None  # why the engine asked the runner to stop
     used_s: float = 0.0  # running time spent by the current attempt
     span_started_at: float = 0.0
+    claim: int = 0  # +1 at every start or resume: events about older ones are refused
     # Results of waited children reported so far; None until the first (most runs never wait).
     child_results: dict[RunId, ChildResult] | None = None
 
@@ -302,11 +303,14 @@ class Engine:
 
     # --- outcomes from the shell ------------------------------------------------------
 
-    def finished(self, run_id: RunId, outcome: Outcome, now: float) -> None:
-        """An attempt ended; record it and free its slot."""
+    def finished(
+        self, run_id: RunId, outcome: Outcome, now: float, claim: int | None = None
+    ) -> None:
+        """An attempt ended; record it and free its slot. An attempt whose ``claim`` is
+        not the run's latest (it was evicted, or the run was started again) is ignored."""
         run = self._runs.get(run_id)
-        if run is None:
-            return  # already final: a cancel of a WAITING run reports its stopped coroutine
+        if run is None or (claim is not None and claim != run.claim):
+            return  # already final (a canceled WAITING run reports its stopped coroutine)
         if run.state is WAITING or run.resume:
             self._ended_while_waiting(run, outcome, now)
             return
@@ -344,6 +348,7 @@ class Engine:
         wait: Wait,
         now: float,
         known: Mapping[RunId, ChildResult] | None = None,
+        claim: int | None = None,
     ) -> bool:
         """A RUNNING run reached a waitpoint: it gives its slot back and waits.
 
@@ -354,7 +359,7 @@ class Engine:
         outcome decides the run and the wait never happened.
         """
         run = self._require(run_id, RUNNING)
-        if run.cancel_reason is not None:
+        if run.cancel_reason is not None or (claim is not None and claim != run.claim):
             return False
         self._leave_running(run, now)
         run.wait = wait
@@ -478,6 +483,11 @@ class Engine:
     def __contains__(self, run_id: RunId) -> bool:
         return run_id in self._runs
 
+    def holds(self, run_id: RunId, claim: int) -> bool:
+        """True if the run is active and ``claim`` is its latest attempt's."""
+        run = self._runs.get(run_id)
+        return run is not None and run.claim == claim
+
     def state_of(self, run_id: RunId) -> RunState | None:
         run = self._runs.get(run_id)
         return run.state if run is not None else None
@@ -538,12 +548,21 @@ class Engine:
         resumed, run.resume, run.restart, run.wait = run.resume, False, False, None
         self._move(run, RUNNING, now, reason)
         run.span_started_at = now
+        run.claim += 1
         budget = self._policy(run).max_duration_s
         if budget is not None:
             self._timeouts.push(run.id, now + max(0.0, budget - run.used_s))
         self._starts.append(
             StartRun(
-                run.id, run.task, run.queue, run.key, run.attempt, run.payload, resumed, children
+                run.id,
+                run.task,
+                run.queue,
+                run.key,
+                run.attempt,
+                run.payload,
+                resumed,
+                children,
+                run.claim,
             )
         )
 

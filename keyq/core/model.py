@@ -171,6 +171,8 @@ class StartRun:
     payload: str
     resumed: bool = False
     children: tuple[ChildResult, ...] = ()
+    claim: int = 0  # the attempt's fence: every event about it carries this number
+    replay: bool = False  # the run has recorded waits or steps: a fresh start replays them
 
 
 @dataclass(frozen=True, slots=True)

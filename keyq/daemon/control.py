@@ -33,9 +33,9 @@ from keyq import handoff
 from keyq.config import Config
 from keyq.core.engine import EngineStatistics
 from keyq.core.model import NewRun
-from keyq.daemon.replies import Reply
 from keyq.errors import KeyqError, TriggerError
 from keyq.registry import Registry
+from keyq.replies import Reply
 from keyq.store.permissions import FileAccess
 
 MAX_LINE = handoff.MAX_MESSAGE_BYTES

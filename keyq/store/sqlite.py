@@ -1,235 +1,224 @@
-"""The daemon's side of SQLite: one connection, small work inline, big commits in a thread.
+"""The SQLite store: keyq's in-memory engine as admission, one file as the truth.
 
-The daemon is the only writer of transitions while it runs. Every wake-up's
-transitions go to :meth:`SqliteStore.commit` together: one transaction, one
-``executemany``, one fsync (with ``durability = "full"``) for however many
-runs changed, never one per run.
+On one machine the fastest admission is the engine itself (its rings,
+limits and timers in memory), and SQLite in WAL mode makes every decision
+durable before it takes effect. This store owns both: it registers as the
+database's one daemon (the instance lock), recovers every active run at
+start, and at each :meth:`SqliteStore.tick` applies what the daemon reports,
+lets the engine decide, and records the step (:mod:`keyq.store.recorder`)
+before handing back what to start.
 
-Where the work runs is a measured choice (bench/latency, bench/throughput).
-A hop to a worker thread and back costs 0.15 to 0.5 ms here, three times the
-SQLite work of a small commit, so reads and small commits run on the event
-loop's thread, in one go: that is most of an idle daemon's trigger-to-start
-time. A large commit (a busy daemon's batch) goes to a worker thread in one
-hop: SQLite releases the GIL while it writes and syncs, so the loop goes on
-running attempts meanwhile. An inline write never waits for the write lock:
-if another process holds it, that commit goes to the thread and waits there.
+Runs that other processes stored directly are found by their seq
+(``ingest``), after a poke or at the latest every two seconds; token
+completions likewise while a run waits on a token.
 """
 
 from __future__ import annotations
 
-import heapq
-import json
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any, TypeVar
+import random
+from collections.abc import Callable, Sequence
 
 import anyio
 
 from keyq.config import Config
+from keyq.core.engine import Engine, EngineStatistics, TaskPolicy
 from keyq.core.journal import Entry
-from keyq.core.model import ChildResult, NewRun, RunId, RunSpec, Step
-from keyq.core.states import ACTIVE_ORDER, RunState
-from keyq.results import WaitToken as TokenHandle
-from keyq.store import db, tokens
-from keyq.store.codec import error_from_json, spec_from_row
-from keyq.store.errors import is_busy, map_store_errors
-from keyq.store.runs import JournalWrite, rows_written, write_step
-from keyq.store.tokens import TokenRow, token_from_row
+from keyq.core.limits import Limits
+from keyq.core.model import ChildResult, ErrorInfo, RunId
+from keyq.core.settings import key_settings, queue_settings
+from keyq.core.states import FAILED, RunState
+from keyq.errors import StoreError
+from keyq.ids import new_token_id
+from keyq.logs import get_logger
+from keyq.registry import Registry
+from keyq.results import TokenResult, WaitToken
+from keyq.store.admission import Admission
+from keyq.store.database import Database
+from keyq.store.instance import InstanceLock
+from keyq.store.permissions import FileAccess, database_files
+from keyq.store.protocol import Event, Tick
+from keyq.store.recorder import Recorder
 
-Q = db.QUERIES
-INLINE_ROWS = 64  # a commit writing more rows than this goes to a worker thread
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Where the daemon reads from after start-up (the runs go to ``load_active``'s adopt)."""
-
-    last_seq: int  # new runs are those after it
-    journaled: set[RunId]  # active runs with recorded waits or steps: they start by replay
-    last_token_seq: int  # token completions after it are new
+POLL_INTERVAL_S = 2.0  # safety net for a lost poke; pokes are the normal path
 
 
 class SqliteStore:
-    """Reads and grouped writes of the daemon, on its own connection."""
+    """The daemon's store on one SQLite file (see :class:`keyq.store.protocol.Store`)."""
 
-    def __init__(self, conn: sqlite3.Connection, config: Config) -> None:
-        self._conn = conn
-        self._busy_timeout_ms = max(1, int(config.lock_timeout_s * 1000))
-        # The connection never waits for the write lock on the loop: an inline
-        # commit finding it held raises "database is locked" at once, and goes to
-        # the worker thread, which waits. Set once here rather than around each
-        # inline commit (two PRAGMAs, 40-80 µs on the trigger's path). Reads do not
-        # take the write lock: in WAL mode they are not kept waiting by writers
-        # (SQLite's exceptions, a last connection closing or recovering the WAL,
-        # cannot happen while this connection stays open).
-        self._conn.execute("PRAGMA busy_timeout = 0")
-        # One operation at a time, inline or in the thread: a read must never
-        # run inside an open commit transaction (it would see uncommitted rows).
-        self._lock = anyio.Lock(fast_acquire=True)
-        self._thread = anyio.CapacityLimiter(1)
+    def __init__(
+        self, config: Config, registry: Registry, rng: random.Random | None = None
+    ) -> None:
+        self.config = config
+        self._registry = registry
+        self._log = get_logger()
+        limits = Limits(config.limits.concurrency, config.limits.burst_factor)
+        self.engine = Engine(limits, _policies(registry), rng)
+        self.access = FileAccess()  # the files' mode and group: from the config at open
+        self._lock = InstanceLock(config.database)
+        # While a commit is retried (the daemon refuses new hand-ins, pings its watchdog).
+        self.on_failing: Callable[[StoreError], None] = _nothing
+        self._stop = anyio.Event()  # set by stopping(): ends a failing commit's retries
+        self._db: Database | None = None
+        self._admission: Admission | None = None
+        self._poked = True
+        self._next_poll_at = 0.0
 
-    @classmethod
-    async def open(cls, config: Config) -> SqliteStore:
-        """Open (creating and migrating if needed) the configured database."""
-        conn = db.connect(
-            config.database, config.durability, config.lock_timeout_s, config.security.group
-        )
-        return cls(conn, config)
+    # --- ownership ------------------------------------------------------------------------
+
+    async def open(self, now: float) -> None:
+        """Take the database (the instance lock; files shared with ``[security] group``),
+        then recover every active run where it was."""
+        self.access = FileAccess.for_group(self.config.security.group)  # before any file
+        await self._lock.acquire_for_daemon()
+        try:
+            self._db = await Database.open(self.config)
+            for path in [*database_files(self.config.database), self._lock.path]:
+                self.access.apply(path)
+            recorder = Recorder(
+                self._db,
+                self.engine,
+                self._log,
+                retry_for_s=self.config.commit_retry_s,
+                stop=self._stop,
+                while_failing=lambda exc: self.on_failing(exc),
+            )
+            self._admission = Admission(self._db, self.engine, recorder, self._log)
+            await self._read_settings()
+            await self._admission.recover(now)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
-        async with self._lock:
-            self._conn.close()
-
-    @asynccontextmanager
-    async def _exclusive(self, what: str) -> AsyncIterator[None]:
-        async with self._lock:
-            with map_store_errors(what):
-                yield
-
-    async def _write(
-        self, what: str, rows: int, write: Callable[[], T], lock_wait_s: float | None = None
-    ) -> T:
-        """Run ``write`` in one transaction: inline when small and the lock is free.
-        It waits for the write lock up to the lock timeout, or ``lock_wait_s``."""
-        wait_ms = self._busy_timeout_ms
-        if lock_wait_s is not None:
-            wait_ms = min(wait_ms, int(lock_wait_s * 1000))
-        async with self._exclusive(what):
-            if rows <= INLINE_ROWS or wait_ms <= 0:
-                try:
-                    return self._transaction(write)
-                except sqlite3.OperationalError as exc:
-                    if not is_busy(exc) or wait_ms <= 0:
-                        raise
-            return await anyio.to_thread.run_sync(
-                self._waiting_transaction, write, wait_ms, limiter=self._thread
-            )
-
-    def _waiting_transaction(self, write: Callable[[], T], wait_ms: int) -> T:
-        """One transaction that waits up to ``wait_ms`` for the write lock
-        (in the worker thread: the loop goes on meanwhile)."""
-        self._conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
         try:
-            return self._transaction(write)
+            if self._db is not None:
+                await self._db.close()
+                self._db = None
         finally:
-            self._conn.execute("PRAGMA busy_timeout = 0")
+            self._lock.release()
 
-    def _transaction(self, write: Callable[[], T]) -> T:
-        with db.transaction(self._conn):
-            return write()
+    # --- the wake-up ----------------------------------------------------------------------
 
-    async def load_active(self, adopt: Callable[[Iterable[RunSpec]], T]) -> tuple[Snapshot, T]:
-        """Every non-final run, oldest first, streamed to ``adopt``, and where to read
-        new runs and token completions from, all from one snapshot.
+    async def tick(self, events: Sequence[Event], now: float) -> Tick:
+        """Read what other processes stored, apply ``events``, decide, record, hand back."""
+        admission = self._require()
+        if self._poked or now >= self._next_poll_at:
+            await self._ingest_safely(now)
+        for event in events:
+            await admission.apply(event, now)
+        if admission.settings_changed:
+            await self._read_settings()
+        tick = await admission.record(self.engine.tick(now), now)
+        due = [d for d in (self.engine.next_deadline(), self._next_poll_at) if d is not None]
+        return _with(tick, again=self._poked, next_due_at=min(due))
 
-        The runs are read one index range per active state and merged by seq: no
-        sort of the backlog, and a million queued runs are never held as rows
-        and as specs at once. Returns the snapshot and what ``adopt`` returned.
-        """
-        conn = self._conn
-        async with self._exclusive("loading runs"):
-            conn.execute("BEGIN")
-            try:
-                (max_seq,) = conn.execute(Q["max_seq"]).fetchone()
-                journaled = {r[0] for r in conn.execute(Q["select_journaled_active_runs"])}
-                (token_seq,) = conn.execute(Q["max_completed_token_seq"]).fetchone()
-                query = Q["select_runs_in_state"]
-                ranges = [conn.execute(query, (str(state),)) for state in ACTIVE_ORDER]
-                adopted = adopt(map(spec_from_row, heapq.merge(*ranges, key=itemgetter(0))))
-            finally:
-                conn.execute("COMMIT")
-        return Snapshot(max_seq, journaled, token_seq), adopted
+    def poke(self) -> None:
+        self._poked = True
 
-    async def load_new(self, after_seq: int, limit: int) -> list[RunSpec]:
-        """Runs inserted after ``after_seq``, oldest first (an index range, not a scan)."""
-        async with self._exclusive("reading new runs"):
-            rows = self._conn.execute(Q["select_new_runs"], (after_seq, limit)).fetchall()
-        return [spec_from_row(r) for r in rows]
+    def stopping(self) -> None:
+        self.engine.hold_starts()
+        self._stop.set()
 
-    async def commit(
-        self,
-        step: Step,
-        entries: Sequence[JournalWrite] = (),
-        inserts: Sequence[NewRun] = (),
-        *,
-        lock_wait_s: float | None = None,
-    ) -> dict[RunId, int]:
-        """Persist a step's writes and the runs handed in (:func:`keyq.store.runs.write_step`)
-        in one transaction; the seqs of the runs inserted.
+    def interrupt_all(self, now: float) -> None:
+        self.engine.interrupt_all(now)
 
-        ``lock_wait_s`` caps the wait for the write lock (runs handed in must be
-        stored before their client gives up on the answer). Raises StoreError, or
-        UnstorableError when the values themselves were refused.
-        """
-        rows = rows_written(step, entries, inserts)
-        what = f"recording {len(step.transitions)} transitions"
-        return await self._write(
-            what, rows, lambda: write_step(self._conn, step, entries, inserts), lock_wait_s
-        )
+    def reconfigure(self, config: Config) -> None:
+        """A new configuration: limits and task policies apply at the next read of settings
+        (the database path stays the one opened)."""
+        self.config = config.with_database(self.config.database)
 
-    async def stored_ids(self, run_ids: Sequence[RunId]) -> set[RunId]:
-        """Which of these run ids have a row."""
-        async with self._exclusive("looking up run ids"):
-            rows = self._conn.execute(Q["select_stored_ids"], (json.dumps(run_ids),))
-            return {r[0] for r in rows}
+    # --- reads and writes for attempts -------------------------------------------------------
 
-    async def load_journal(self, run_id: RunId) -> list[Entry]:
-        """The run's recorded waits and steps, by position."""
-        async with self._exclusive("reading a run's journal"):
-            rows = self._conn.execute(Q["select_journal"], (run_id,)).fetchall()
-        return [Entry(*r) for r in rows]
+    async def journal(self, run_id: RunId) -> list[Entry]:
+        return await self._database().load_journal(run_id)
 
     async def create_token(
-        self,
-        token_id: str,
-        run_id: RunId,
-        entry_position: int,
-        idempotency_key: str,
-        now: float,
-        timeout_at: float | None,
-    ) -> TokenHandle:
-        """Create a token for a run (or find the one with this key) and record it in
-        the run's journal, in one transaction."""
+        self, run_id: RunId, position: int, key: str, now: float, timeout_at: float | None
+    ) -> WaitToken:
+        token = await self._database().create_token(
+            new_token_id(now), run_id, position, key, now, timeout_at
+        )
+        self._require().journaled.add(run_id)
+        return token
 
-        def write() -> TokenRow:
-            return tokens.insert(
-                self._conn, token_id, run_id, idempotency_key, now, timeout_at, entry_position
-            )
+    async def token_result(self, token_id: str) -> TokenResult:
+        token = await self._database().token(token_id)
+        if token is None:
+            error = ErrorInfo("TokenNotFound", f"waitpoint token {token_id} does not exist")
+            return TokenResult(token_id, False, None, error)
+        return token.result()
 
-        return (await self._write("creating a waitpoint token", 2, write)).handle()
-
-    async def token(self, token_id: str) -> TokenRow | None:
-        async with self._exclusive("reading a waitpoint token"):
-            row = self._conn.execute(Q["get_token"], (token_id,)).fetchone()
-        return token_from_row(row) if row is not None else None
-
-    async def completed_tokens(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
-        """Tokens completed after ``after_seq`` (seq, id), in completion order."""
-        async with self._exclusive("reading completed tokens"):
-            rows = self._conn.execute(Q["select_completed_tokens"], (after_seq, limit)).fetchall()
-        return [(r[0], r[1]) for r in rows]
+    async def child_results(self, child_ids: Sequence[RunId]) -> list[ChildResult]:
+        results = []
+        for run_id in child_ids:
+            row = await self._database().outcome(run_id)
+            if row is None:
+                error = ErrorInfo("RunNotFound", f"child run {run_id} does not exist")
+                row = ChildResult(run_id, FAILED, None, error)
+            results.append(row)
+        return results
 
     async def outcome(self, run_id: RunId) -> ChildResult | None:
-        """The run's status, result and error as stored, or None if there is no such run."""
-        async with self._exclusive("reading a run's outcome"):
-            row = self._conn.execute(Q["get_run_outcome"], (run_id,)).fetchone()
-        if row is None:
-            return None
-        status, result, error = row
-        return ChildResult(run_id, RunState(status), result, error_from_json(error))
+        return await self._database().outcome(run_id)
 
-    async def settings(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Runtime limit overrides: (queue rows, key rows), as dicts by column name."""
-        async with self._exclusive("reading limit settings"):
-            queues = self._conn.execute(Q["select_queue_settings"]).fetchall()
-            keys = self._conn.execute(Q["select_key_settings"]).fetchall()
-        queue_cols = ("queue", "concurrency_limit", "total_limit", "paused")
-        key_cols = ("queue", "concurrency_key", "concurrency_limit", "paused")
-        return (
-            [dict(zip(queue_cols, r, strict=True)) for r in queues],
-            [dict(zip(key_cols, r, strict=True)) for r in keys],
-        )
+    # --- what the admission holds ---------------------------------------------------------------
+
+    def statistics(self) -> EngineStatistics:
+        return self.engine.statistics()
+
+    def state_of(self, run_id: RunId) -> RunState | None:
+        return self.engine.state_of(run_id)
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _require(self) -> Admission:
+        if self._admission is None:
+            raise StoreError("the store is not open")
+        return self._admission
+
+    def _database(self) -> Database:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return self._db
+
+    async def _ingest_safely(self, now: float) -> None:
+        self._poked = False
+        self._next_poll_at = now + POLL_INTERVAL_S
+        try:
+            if await self._require().ingest(now):
+                await self._read_settings()  # a trigger set a queue's limit: re-read them all
+        except StoreError as exc:  # the runs are on disk: read them on the next pass
+            self._log.error("ingest_failed", error=str(exc))
+
+    async def _read_settings(self) -> None:
+        """Apply every limit layer: code, config, then the database's runtime overrides."""
+        stored_queues, stored_keys = await self._database().settings()
+        code, config = self._registry.queues, self.config.queues
+        queues = queue_settings(code, config, stored_queues)
+        keys: dict[tuple[str, str | None], tuple[int | None, bool]] = {
+            (k.queue, k.key): (k.limit, k.paused) for k in key_settings(stored_keys)
+        }
+        limits = self.config.limits
+        self.engine.set_environment(limits.concurrency, limits.burst_factor)
+        self.engine.configure_limits({n: (s.limit, s.paused) for n, s in queues.items()}, keys)
+
+
+def _nothing(exc: StoreError) -> None:
+    """Nobody to tell that a commit is failing."""
+
+
+def _policies(registry: Registry) -> dict[str, TaskPolicy]:
+    return {t.id: TaskPolicy(t.retry, t.max_duration_s) for t in registry.tasks.values()}
+
+
+def _with(tick: Tick, *, again: bool, next_due_at: float) -> Tick:
+    return Tick(
+        tick.started,
+        tick.stop,
+        tick.transitions,
+        tick.waiting,
+        tick.refused_waits,
+        tick.answered_client,
+        again,
+        next_due_at,
+    )

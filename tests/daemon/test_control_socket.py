@@ -8,12 +8,13 @@ from typing import Any
 
 import anyio
 import pytest
-from support import deadline
+from support import RefusingStore, deadline
 
 import keyq
 from keyq import channel, handoff
 from keyq.config import Config
 from keyq.registry import Registry, Task
+from keyq.store.protocol import RunsHandedIn
 
 pytestmark = pytest.mark.anyio
 
@@ -197,16 +198,12 @@ async def test_control__a_line_nested_too_deep_is_refused_and_the_connection_goe
 
 
 async def test_control__a_trigger_the_daemon_fails_on_is_answered_and_the_rest_goes_on(
-    config: Config, registry: Registry, ping: Task, monkeypatch: pytest.MonkeyPatch
+    config: Config, registry: Registry, ping: Task
 ) -> None:
     """A bug in adopting a trigger fails that request (the client then stores the runs
     itself); it must not hold back the connection's later answers."""
-    async with keyq.Daemon(config, registry=registry) as daemon:
-
-        def broken(spec: object) -> bool:
-            raise RuntimeError("adoption bug")
-
-        monkeypatch.setattr(daemon.engine, "submit", broken)
+    store = RefusingStore(config, registry, lambda event: isinstance(event, RunsHandedIn))
+    async with keyq.Daemon(config, registry=registry, store=store) as daemon:
         _, trigger = trigger_request(config, registry, ping)
         requests = [trigger, b'{"op": "stats"}\n']
         answers = await anyio.to_thread.run_sync(exchange, daemon.socket_path, requests)

@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
-from support import deadline
+from support import RefusingStore, deadline
 
 import keyq
 from keyq import handoff
@@ -17,6 +17,7 @@ from keyq.clock import host_monotonic
 from keyq.config import Config
 from keyq.ids import new_run_id
 from keyq.registry import Registry
+from keyq.store.protocol import RunsHandedIn
 
 pytestmark = pytest.mark.anyio
 
@@ -135,16 +136,12 @@ async def test_handoff__runs_the_client_stored_itself_are_not_run_twice(
 
 
 async def test_handoff__a_trigger_the_daemon_fails_to_adopt_is_stored_directly(
-    config: Config, registry: Registry, gate: Gate, monkeypatch: pytest.MonkeyPatch
+    config: Config, registry: Registry, gate: Gate
 ) -> None:
     """Inside the daemon, Task.trigger falls back to storing the run itself when adopting
     it fails (a bug, logged): the trigger returns, and the run is stored and runs once."""
-    async with keyq.Daemon(config, registry=registry) as daemon:
-
-        async def broken(command: object) -> None:
-            raise RuntimeError("adoption bug")
-
-        monkeypatch.setattr(daemon, "_adopt_handed_in", broken)
+    store = RefusingStore(config, registry, lambda event: isinstance(event, RunsHandedIn))
+    async with keyq.Daemon(config, registry=registry, store=store) as daemon:
         handle = await registry.get("counted").trigger({"n": 1})
         async with deadline():
             result = await daemon.result(handle.id)

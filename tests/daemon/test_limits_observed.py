@@ -11,7 +11,6 @@ from support import Overlap, deadline, work
 
 import keyq
 from keyq.config import Config, LimitsConfig
-from keyq.core.limits import QueueLimit
 from keyq.registry import Registry
 
 pytestmark = pytest.mark.anyio
@@ -184,8 +183,8 @@ async def test_limits__lowered_limit_does_not_preempt(
         handles = await busy.batch_trigger([{"payload": i} for i in range(5)])
         async with deadline():
             await three_running.wait()
-        lowered = {"busy": (QueueLimit(1), False)}
-        await daemon.change_limits(lambda engine, _: engine.configure_limits(lowered, {}))
+        with keyq.Client(config, registry=registry) as client:  # as `keyq queues set-limit`
+            await anyio.to_thread.run_sync(client.set_queue_limit, "busy", 1)
         assert overlap.now["*"] == 3  # nobody was stopped
         release.set()
         results = await run_all(daemon, handles)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,14 +11,20 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+import structlog
 from support import Overlap, deadline, insert
 
 import keyq
 from keyq.clock import FakeClock
 from keyq.config import Config
+from keyq.core.engine import Engine
+from keyq.core.model import Failed, RunSpec
 from keyq.core.states import RunState
+from keyq.daemon.attempts import Attempts
 from keyq.producer import Producer
 from keyq.registry import Registry
+from keyq.store.protocol import AttemptEnded
+from keyq.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -134,38 +141,61 @@ async def test_task__stray_cancelled_error_fails_the_run_not_the_daemon(
     assert result.error.type == "CancelledError"
 
 
-async def test_attempt__a_crash_in_keyq_own_code_fails_the_run_and_frees_its_slot(
-    config: Config, registry: Registry, monkeypatch: pytest.MonkeyPatch
+async def test_attempt__a_crash_on_keyqs_side_fails_the_run_once_and_frees_its_slot(
+    config: Config, registry: Registry
 ) -> None:
-    """If keyq's side of an attempt raises (a bug), that run fails without retry, its
-    slot is given back, and the daemon goes on serving."""
+    """If keyq's side of an attempt raises (a bug: here the runner itself), the host
+    reports the attempt as failed without retry, with the error; the engine then fails
+    the run at once, its slot given back."""
 
     @registry.task(id="victim", retry=keyq.Retry(max_attempts=3))
     async def victim(payload: Any, ctx: keyq.Context) -> None:
         return None
 
-    @registry.task(id="after")
-    async def after(payload: Any, ctx: keyq.Context) -> str:
-        return "still serving"
+    async def broken_runner(task: Any, payload: str, ctx: Any, max_result_bytes: int) -> Any:
+        raise RuntimeError("bug in the runner")
 
-    async def broken(task: Any, payload: str, ctx: Any, max_result_bytes: int) -> Any:
-        if ctx.task_id == "victim":
-            raise RuntimeError("bug in the runner")
-        return await real_run_attempt(task, payload, ctx, max_result_bytes)
+    posted: list[Any] = []
+    ended = anyio.Event()
 
-    real_run_attempt = keyq.daemon.daemon.run_attempt
-    monkeypatch.setattr(keyq.daemon.daemon, "run_attempt", broken)
-    async with keyq.Daemon(config, registry=registry) as daemon:
-        bad = await victim.trigger({})
-        async with deadline():
-            result = await daemon.result(bad.id)
-            good = await after.trigger({})
-            assert (await daemon.result(good.id)).output == "still serving"
-        assert daemon.engine.limits.running == 0
+    def post(event: Any) -> None:
+        posted.append(event)
+        ended.set()
 
-    assert result.status is RunState.FAILED
-    assert result.error is not None
-    assert (result.error.type, result.error.message) == ("RuntimeError", "bug in the runner")
+    async def no_submit(requests: Any, parent_id: Any) -> Any:
+        raise AssertionError("not called")
+
+    store = SqliteStore(config, registry)
+    attempts = Attempts(
+        registry,
+        store,
+        structlog.get_logger(),
+        post=post,
+        now=lambda: 1.0,
+        submit=no_submit,
+        checkpoint_after_s=5.0,
+        max_result_bytes=1024,
+        run=broken_runner,
+    )
+    engine = Engine(rng=random.Random(0))
+    engine.submit(RunSpec("run_victim", 1, "victim", "victim", None, 5, "{}", 3))
+    (start,) = engine.tick(1.0).start
+    attempts.launch(start)
+    async with deadline():
+        await ended.wait()
+    (event,) = posted
+    engine.finished(event.run_id, event.outcome, 2.0, event.claim)
+    (failed,) = engine.tick(2.0).transitions
+
+    assert isinstance(event, AttemptEnded)
+    assert event.outcome == Failed(event.outcome.error, retryable=False)
+    assert (event.outcome.error.type, event.outcome.error.message) == (
+        "RuntimeError",
+        "bug in the runner",
+    )
+    assert (failed.to, failed.reason, failed.attempt) == (RunState.FAILED, "failed", 1)
+    assert engine.limits.running == 0
+    assert not attempts.executing()
 
 
 async def test_task__result_too_large_or_unstorable_fails_without_retry(

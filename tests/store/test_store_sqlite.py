@@ -1,4 +1,4 @@
-"""SqliteStore, the daemon's side: recovery snapshot, ingest by seq, grouped transition commits."""
+"""Database, the daemon's side: recovery snapshot, ingest by seq, grouped transition commits."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from keyq.errors import StoreError
 from keyq.ids import new_run_id
 from keyq.producer import Producer
 from keyq.registry import Task
-from keyq.store.sqlite import INLINE_ROWS, SqliteStore
+from keyq.store.database import INLINE_ROWS, Database
 
 PARENT = new_run_id(1.0)
 
@@ -48,14 +48,14 @@ pytestmark = pytest.mark.anyio
 Rows = Callable[..., list[dict[str, Any]]]
 
 
-async def runs_and_seq(store: SqliteStore) -> tuple[list[RunSpec], int]:
+async def runs_and_seq(store: Database) -> tuple[list[RunSpec], int]:
     snapshot, runs = await store.load_active(list)
     return runs, snapshot.last_seq
 
 
 @pytest.fixture
-async def store(config: Config) -> AsyncIterator[SqliteStore]:
-    opened = await SqliteStore.open(config)
+async def store(config: Config) -> AsyncIterator[Database]:
+    opened = await Database.open(config)
     try:
         yield opened
     finally:
@@ -90,7 +90,7 @@ def _move(
 
 async def test_open__creates_and_migrates_a_new_database(config: Config) -> None:
     """Opening a store on a missing file creates it, migrated and empty."""
-    store = await SqliteStore.open(config)
+    store = await Database.open(config)
     try:
         assert await runs_and_seq(store) == ([], 0)
         assert await store.load_new(0, 100) == []
@@ -106,14 +106,14 @@ async def test_open__refuses_a_newer_schema(config: Config) -> None:
     raw.execute("PRAGMA user_version = 999")
     raw.close()
     with pytest.raises(StoreError, match="upgrade keyq"):
-        await SqliteStore.open(config)
+        await Database.open(config)
 
 
 # --- loading --------------------------------------------------------------------------------------
 
 
 async def test_load_active__only_non_final_runs_and_the_max_seq(
-    producer: Producer, tasks: dict[str, Task], store: SqliteStore, clock: FakeClock
+    producer: Producer, tasks: dict[str, Task], store: Database, clock: FakeClock
 ) -> None:
     """Recovery loads queued/delayed/running/waiting runs only, and the highest seq of all runs."""
     ids = _trigger(producer, tasks["analyze"], 7, concurrency_key="u-1")
@@ -149,7 +149,7 @@ async def test_load_active__only_non_final_runs_and_the_max_seq(
 
 
 async def test_load_active__spec_carries_every_stored_field(
-    producer: Producer, tasks: dict[str, Task], store: SqliteStore, clock: FakeClock
+    producer: Producer, tasks: dict[str, Task], store: Database, clock: FakeClock
 ) -> None:
     """A recovered run has the task, queue, key, priority, payload, attempts and timing stored."""
     (run_id,) = insert(
@@ -190,7 +190,7 @@ async def test_load_active__spec_carries_every_stored_field(
 
 
 async def test_load_new__only_newer_rows_in_order(
-    producer: Producer, tasks: dict[str, Task], store: SqliteStore
+    producer: Producer, tasks: dict[str, Task], store: Database
 ) -> None:
     """Ingest reads the rows after a seq, oldest first, at most `limit` of them."""
     first = _trigger(producer, tasks["email"], 3)
@@ -207,7 +207,7 @@ async def test_load_new__only_newer_rows_in_order(
 
 
 async def test_load_new__sees_rows_committed_by_another_producer_after_open(
-    make_producer: Callable[..., Producer], tasks: dict[str, Task], store: SqliteStore
+    make_producer: Callable[..., Producer], tasks: dict[str, Task], store: Database
 ) -> None:
     """Rows inserted by another process after the daemon opened the file are found."""
     _, seen = await runs_and_seq(store)
@@ -221,7 +221,7 @@ async def test_load_new__sees_rows_committed_by_another_producer_after_open(
 async def test_commit__many_transitions_of_many_runs_in_one_call(
     producer: Producer,
     tasks: dict[str, Task],
-    store: SqliteStore,
+    store: Database,
     rows: Rows,
     events: Any,
     clock: FakeClock,
@@ -273,7 +273,7 @@ async def test_commit__many_transitions_of_many_runs_in_one_call(
 async def test_commit__small_and_large_commits_land_the_same(
     producer: Producer,
     tasks: dict[str, Task],
-    store: SqliteStore,
+    store: Database,
     rows: Rows,
     clock: FakeClock,
     runs: int,
@@ -299,7 +299,7 @@ async def test_commit__waits_for_another_process_lock_without_blocking_the_loop(
     event loop waiting for it: it waits in the worker thread, and lands once the lock
     is released."""
     _trigger(producer, tasks["email"], 1)
-    store = await SqliteStore.open(replace(config, lock_timeout_s=30.0))
+    store = await Database.open(replace(config, lock_timeout_s=30.0))
     try:
         (spec,), _ = await runs_and_seq(store)
         other = sqlite3.connect(database, isolation_level=None)
@@ -324,7 +324,7 @@ async def test_commit__waits_for_another_process_lock_without_blocking_the_loop(
 
 
 async def test_commit__started_once_error_kept_finished_on_final(
-    producer: Producer, tasks: dict[str, Task], store: SqliteStore, rows: Rows, events: Any
+    producer: Producer, tasks: dict[str, Task], store: Database, rows: Rows, events: Any
 ) -> None:
     """started_at is the first start; the last error survives a retry; finished_at marks the end."""
     _trigger(producer, tasks["email"], 1)
@@ -360,7 +360,7 @@ async def test_commit__started_once_error_kept_finished_on_final(
 
 
 async def test_commit__waitpoint_is_stored_and_cleared(
-    producer: Producer, tasks: dict[str, Task], store: SqliteStore
+    producer: Producer, tasks: dict[str, Task], store: Database
 ) -> None:
     """A waiting run's waitpoint is stored for recovery and cleared when it resumes."""
     _trigger(producer, tasks["email"], 1)
@@ -381,14 +381,14 @@ async def test_commit__waitpoint_is_stored_and_cleared(
     assert (resumed.state, resumed.wait) == (QUEUED, None)
 
 
-async def test_commit__empty_batch_is_harmless(store: SqliteStore) -> None:
+async def test_commit__empty_batch_is_harmless(store: Database) -> None:
     """Committing no transitions is a no-op."""
     await commit(store, [])
     assert await runs_and_seq(store) == ([], 0)
 
 
 async def test_commit__failure_rolls_back_the_whole_group(
-    producer: Producer, tasks: dict[str, Task], store: SqliteStore, rows: Rows, database: Path
+    producer: Producer, tasks: dict[str, Task], store: Database, rows: Rows, database: Path
 ) -> None:
     """If one transition of a group fails to write, none of the group is stored."""
     _trigger(producer, tasks["email"], 2)
@@ -416,7 +416,7 @@ async def test_commit__failure_rolls_back_the_whole_group(
 
 
 async def test_outcome__reports_the_stored_result(
-    producer: Producer, tasks: dict[str, Task], store: SqliteStore
+    producer: Producer, tasks: dict[str, Task], store: Database
 ) -> None:
     """A parent sees its child's status, result text and error as stored."""
     _trigger(producer, tasks["email"], 2)
@@ -437,7 +437,7 @@ async def test_outcome__reports_the_stored_result(
 
 
 async def test_settings__returns_runtime_overrides(
-    producer: Producer, tasks: dict[str, Task], store: SqliteStore, database: Path
+    producer: Producer, tasks: dict[str, Task], store: Database, database: Path
 ) -> None:
     """Queue and key overrides stored by producers and operators are read back by name."""
     insert(producer, [(tasks["email"], None, {"queue": {"name": "free", "concurrency_limit": 1}})])
@@ -455,6 +455,6 @@ async def test_settings__returns_runtime_overrides(
     ]
 
 
-async def commit(store: SqliteStore, transitions: list[Transition]) -> None:
+async def commit(store: Database, transitions: list[Transition]) -> None:
     """One step of these transitions, recorded as the daemon records it."""
     await store.commit(Step(tuple(transitions)))

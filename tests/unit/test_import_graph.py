@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "keyq.triggers",
             "keyq.logs",
             "keyq.eventloop",
+            "keyq.replies",
         ),
     ),
     ("store", ("keyq.store",)),

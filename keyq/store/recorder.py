@@ -32,14 +32,13 @@ from typing import Any
 
 import anyio
 
-from keyq import handoff
 from keyq.core.engine import Engine
-from keyq.core.model import ErrorInfo, NewRun, RunId, Step, Transition
+from keyq.core.model import ErrorInfo, RunId, Step, Transition
 from keyq.core.states import FAILED, Reason
-from keyq.daemon.replies import Reply
 from keyq.errors import KeyqError, StoreError, UnstorableError
+from keyq.store.database import Database
+from keyq.store.handins import HandIn, lock_wait_s, too_late
 from keyq.store.runs import JournalWrite
-from keyq.store.sqlite import SqliteStore
 
 FIRST_RETRY_S, MAX_RETRY_S = 0.05, 5.0
 
@@ -55,19 +54,6 @@ class CommitAbandoned(KeyqError):
 
 class TooLateError(StoreError):
     """Runs handed in could not be stored before their client's deadline."""
-
-
-@dataclass(eq=False, slots=True)
-class HandIn:
-    """Runs handed to the daemon, to be stored with the next step, and who waits."""
-
-    runs: list[NewRun]
-    reply: Reply[None]
-    deadline: float | None  # see keyq.handoff.request; None: a caller in this process
-
-    @property
-    def ids(self) -> set[RunId]:
-        return {r.id for r in self.runs}
 
 
 @dataclass(slots=True)
@@ -94,7 +80,7 @@ class Recorder:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: Database,
         engine: Engine,
         log: Any,
         *,
@@ -136,7 +122,7 @@ class Recorder:
         return recorded
 
     async def _commit(self, writes: _Writes, hand_ins: Sequence[HandIn]) -> dict[RunId, int]:
-        waits = [handoff.lock_wait_s(h.deadline) for h in hand_ins]
+        waits = [lock_wait_s(h.deadline) for h in hand_ins]
         return await self._store.commit(
             writes.step,
             writes.entries,
@@ -204,7 +190,7 @@ class Recorder:
 
     def _in_time(self, hand_ins: Sequence[HandIn], recorded: Recorded) -> list[HandIn]:
         """The hand-ins that may still be stored; the others are refused."""
-        late = [h for h in hand_ins if handoff.too_late(h.deadline)]
+        late = [h for h in hand_ins if too_late(h.deadline)]
         if late:
             self._refuse(late, TooLateError("not stored before the client's deadline"), recorded)
         return [h for h in hand_ins if h not in late]

@@ -11,7 +11,7 @@ T_contra = TypeVar("T_contra", contravariant=True)
 
 
 class Reply(Protocol[T_contra]):
-    """Where the daemon's loop puts the outcome of a command: a :class:`Slot` an
+    """Where the daemon's loop puts the outcome of a command: a :class:`Pending` an
     awaiting caller holds, or an answer written straight to a client (keyq.daemon.control)."""
 
     def set(self, value: T_contra) -> None: ...
@@ -19,7 +19,7 @@ class Reply(Protocol[T_contra]):
     def fail(self, error: BaseException) -> None: ...
 
 
-class Slot(Generic[T]):
+class Pending(Generic[T]):
     """Like a future, for anyio: ``set``/``fail`` once, ``await wait()`` any time."""
 
     __slots__ = ("_error", "_event", "_value")
