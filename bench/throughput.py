@@ -70,7 +70,7 @@ def measure(runs: int, keys: int, durability: str) -> Measurement:
 async def drain(config: Config) -> None:
     """Run an in-process daemon until nothing is queued or running."""
     async with keyq.Daemon(config, control_socket=False) as daemon:
-        while daemon.engine.statistics().queued or daemon.engine.limits.running:
+        while (stats := daemon.statistics()).queued or stats.running:
             await daemon.until_idle()
 
 

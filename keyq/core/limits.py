@@ -17,6 +17,7 @@ back until the count is under it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from keyq.core.model import RunId
@@ -93,6 +94,25 @@ class Limits:
             slots.key_limits.pop(key, None)
         else:
             slots.key_limits[key] = limit
+
+    def configure(
+        self,
+        queues: Mapping[str, tuple[QueueLimit, bool]],
+        keys: Mapping[tuple[str, Key], tuple[int | None, bool]],
+    ) -> None:
+        """Replace every queue and key setting at once: a queue or key not given goes
+        back to no limit and not paused (its counts are kept)."""
+        for name in self.queue_names():
+            if name not in queues:
+                self.set_queue(name, QueueLimit())
+                self.set_queue_paused(name, False)
+        for name, (limit, paused) in queues.items():
+            self.set_queue(name, limit)
+            self.set_queue_paused(name, paused)
+        self.clear_key_settings()
+        for (queue, key), (key_limit, key_paused) in keys.items():
+            self.set_key_limit(queue, key, key_limit)
+            self.set_key_paused(queue, key, key_paused)
 
     def clear_key_settings(self) -> None:
         """Drop every per-key limit and pause."""

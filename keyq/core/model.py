@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from keyq.core.retry import DEFAULT_RETRY, Retry
 from keyq.core.states import Reason, RunState
 
 RunId = str
@@ -209,3 +210,39 @@ class Step:
 
     def __bool__(self) -> bool:
         return bool(self.transitions or self.start or self.cancel or self.cancel_requests)
+
+
+# --- what the engine reports --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPolicy:
+    """What the engine needs to know of a task: its retry policy and time budget."""
+
+    retry: Retry = DEFAULT_RETRY
+    max_duration_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What recovery could not settle from the runs alone: the shell reads the rest.
+
+    ``children`` maps each waiting run to the children it waits for that are
+    neither active nor known (final before the restart); ``tokens`` lists the
+    waitpoint tokens waiting runs wait for (completed, maybe, while stopped).
+    """
+
+    children: dict[RunId, list[RunId]]
+    tokens: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    """Counts of active runs by state, and of slots in use."""
+
+    queued: int
+    delayed: int
+    running: int
+    waiting: int
+    burst_limit: int
+    base_limit: int

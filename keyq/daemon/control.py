@@ -31,8 +31,7 @@ import anyio.abc
 
 from keyq import handoff
 from keyq.config import Config
-from keyq.core.engine import EngineStatistics
-from keyq.core.model import NewRun
+from keyq.core.model import EngineStatistics, NewRun
 from keyq.errors import KeyqError, TriggerError
 from keyq.registry import Registry
 from keyq.replies import Reply

@@ -33,12 +33,13 @@ import structlog
 from keyq import handoff
 from keyq.clock import Clock, SystemClock
 from keyq.config import Config, load_config
-from keyq.core.engine import EngineStatistics
-from keyq.core.model import NewRun, RunId
+from keyq.core.model import EngineStatistics, NewRun, RunId
 from keyq.core.states import FINAL, RunState
 from keyq.daemon import service
 from keyq.daemon.attempts import Attempts
 from keyq.daemon.control import serve_control
+from keyq.daemon.inbox import Inbox
+from keyq.daemon.waiters import Waiters
 from keyq.errors import RunNotFoundError, StoreError
 from keyq.logs import configure_logging, get_logger, log_transitions
 from keyq.producer import Producer
@@ -59,7 +60,6 @@ from keyq.store.protocol import (
     Event,
     RunsHandedIn,
     SettingsChanged,
-    StepDone,
     Tick,
 )
 from keyq.store.recorder import CommitAbandoned
@@ -90,8 +90,6 @@ class Daemon:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.socket_path = socket_path(self.config.database) if control_socket else None
         self.log = get_logger()
-        # The store to run on: SQLite on config.database unless given (tests give one
-        # that fails chosen events, as a bug in its admission would).
         self.store = store if store is not None else SqliteStore(self.config, self.registry, rng)
         self.store.on_failing = self._while_failing
         self.attempts = Attempts(
@@ -105,10 +103,8 @@ class Daemon:
             max_result_bytes=self.config.max_payload_bytes,
         )
         self._producer = self._new_producer()
-        self._events: list[Event] = []
-        self._wake = anyio.Event()
-        self._result_waiters: dict[RunId, list[Pending[RunResult]]] = {}
-        self._idle_waiters: list[tuple[anyio.Event, bool]] = []
+        self._inbox = Inbox()
+        self._waiters = Waiters()
         self._stopping = False
         self._exit_loop = False
         self._failure: CommitAbandoned | None = None
@@ -118,7 +114,7 @@ class Daemon:
         self.ping_watchdog: Callable[[float], None] = _no_watchdog  # keyq serve sets it
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack = AsyncExitStack()
-        self._token: Token[Submitter | None] | None = None
+        self._token: Token[Submitter | None] | None = None  # set_producer's, to reset
 
     @property
     def access(self) -> FileAccess:
@@ -177,7 +173,7 @@ class Daemon:
         finally:
             assert self._tg is not None
             self._tg.cancel_scope.cancel()  # the main loop and the control socket
-            self._refuse_events(StoreError("the daemon stopped before recording it"))
+            self._inbox.refuse_all(StoreError("the daemon stopped before recording it"))
             if self._failure is not None:
                 self.log.error("daemon_failed", error=str(self._failure))
             try:
@@ -208,7 +204,7 @@ class Daemon:
             self.store.stopping()
             running = self.store.statistics().running
             self.log.info("daemon_draining", running=running, grace_s=grace)
-            self._wake.set()
+            self._inbox.ring()
         with anyio.move_on_after(grace):
             await self._drained.wait()
         if not self._drained.is_set():
@@ -216,13 +212,13 @@ class Daemon:
             with anyio.move_on_after(INTERRUPT_WAIT_S):
                 await self._drained.wait()
         self._exit_loop = True
-        self._wake.set()
+        self._inbox.ring()
         await self._loop_done.wait()
 
     def interrupt_running(self) -> None:
         """Stop every running attempt now; each runs again later (a second SIGTERM)."""
         self.store.interrupt_all(self.clock.now())
-        self._wake.set()
+        self._inbox.ring()
 
     async def reload_config(self) -> None:
         """SIGHUP: re-read the config file and apply its limits (the database path stays)."""
@@ -263,20 +259,19 @@ class Daemon:
 
     async def _loop(self) -> None:
         while not self._exit_loop:
-            self._wake = anyio.Event()
             now = self.clock.now()
             self.ping_watchdog(now)
-            events, self._events = self._events, []
+            events = self._inbox.take()
             self.attempts.evict_due(now)
             with anyio.CancelScope(shield=True):  # a commit in flight is never cut short
                 tick = await self.store.tick(events, now)
             await self._act(tick, now)
             self._check_drained()
-            if self._events or tick.again or self._exit_loop:
+            if self._inbox or tick.again or self._exit_loop:
                 continue
-            self._notify_idle()
+            self._waiters.caught_up(self.attempts.executing())
             due = [d for d in (tick.next_due_at, self.attempts.next_eviction()) if d is not None]
-            await self.clock.wait_until(min(due, default=None), self._wake)
+            await self.clock.wait_until(min(due, default=None), self._inbox.wake)
 
     async def _act(self, tick: Tick, now: float) -> None:
         """Do what the store decided (all of it durable already)."""
@@ -300,60 +295,28 @@ class Daemon:
                 # the log lines and the next commit (bench/latency).
                 os.sched_yield()
         log_transitions(self.log, tick.transitions, self.config.log.payloads)
-        self._resolve_results(tick)
-
-    def _resolve_results(self, tick: Tick) -> None:
-        if not self._result_waiters:
-            return
-        for t in tick.transitions:
-            if t.to in FINAL and t.run_id in self._result_waiters:
-                result = RunResult.from_stored(t.run_id, t.to, t.result, t.error)
-                for pending in self._result_waiters.pop(t.run_id):
-                    pending.set(result)
+        self._waiters.ended(tick.transitions)
 
     def _while_failing(self, exc: StoreError) -> None:
         """While the store retries a commit: refuse the runs handed in meanwhile at once
         (their callers store them or report the error); the loop is alive (watchdog)."""
         self.ping_watchdog(self.clock.now())
-        refused = [e for e in self._events if isinstance(e, RunsHandedIn)]
-        self._events = [e for e in self._events if not isinstance(e, RunsHandedIn)]
-        for event in refused:
-            event.reply.fail(StoreError(f"the daemon cannot write the database: {exc}"))
-
-    def _refuse_events(self, error: StoreError) -> None:
-        """At exit: what was posted and never recorded is answered with ``error``."""
-        for event in self._events:
-            if isinstance(event, StepDone | RunsHandedIn | CancelAsked | SettingsChanged):
-                event.reply.fail(error)
-        self._events = []
+        self._inbox.refuse_hand_ins(StoreError(f"the daemon cannot write the database: {exc}"))
 
     # --- waking, idling, draining ---------------------------------------------------------
 
     def _post(self, event: Event) -> None:
-        self._events.append(event)
-        self._wake.set()
+        self._inbox.post(event)
 
     def poke(self) -> None:
         """New runs were inserted: read them now instead of at the next poll."""
         self.store.poke()
-        self._wake.set()
+        self._inbox.ring()
 
     def _check_drained(self) -> None:
         idle = self.store.statistics().running == 0 and not self.attempts.executing()
         if self._stopping and idle:
             self._drained.set()
-
-    def _notify_idle(self) -> None:
-        if not self._idle_waiters:
-            return
-        executing = self.attempts.executing()
-        still: list[tuple[anyio.Event, bool]] = []
-        for event, attempts in self._idle_waiters:
-            if attempts and executing:
-                still.append((event, attempts))
-            else:
-                event.set()
-        self._idle_waiters = still
 
     async def until_idle(self, *, attempts: bool = True) -> None:
         """Return once every trigger has been read and nothing is due (for tests).
@@ -362,8 +325,7 @@ class Daemon:
         executing; ``attempts=False`` returns as soon as the daemon itself has
         caught up, with long attempts still running (a timeout fired, say).
         """
-        event = anyio.Event()
-        self._idle_waiters.append((event, attempts))
+        event = self._waiters.idle(attempts=attempts)
         self.poke()
         await event.wait()
 
@@ -412,21 +374,13 @@ class Daemon:
 
     async def result(self, run_id: RunId) -> RunResult:
         """Wait until the run is final and return how it ended."""
-        pending: Pending[RunResult] = Pending()
-        self._result_waiters.setdefault(run_id, []).append(pending)
-        try:
+        with self._waiters.result_of(run_id) as pending:  # before the read: no gap
             row = await self.store.outcome(run_id)
             if row is None:
                 raise RunNotFoundError(run_id)
             if row.status in FINAL:
                 return RunResult.from_stored(run_id, row.status, row.output, row.error)
             return await pending.wait()
-        finally:
-            waiters = self._result_waiters.get(run_id)
-            if waiters and pending in waiters:
-                waiters.remove(pending)
-                if not waiters:
-                    del self._result_waiters[run_id]
 
     def state_of(self, run_id: RunId) -> RunState | None:
         """The run's state if it is active in this daemon, else None."""

@@ -12,6 +12,7 @@ import json
 import sqlite3
 from typing import Any
 
+from keyq.core import recovery
 from keyq.core.bounds import MAX_LIMIT
 from keyq.core.engine import Engine
 from keyq.core.limits import Limits
@@ -96,7 +97,7 @@ def cancel_stored(conn: sqlite3.Connection, run_id: str, now: float) -> None:
         rows = conn.execute(Q["select_runs_by_ids"], (json.dumps(family),)).fetchall()
         engine = Engine(Limits(MAX_LIMIT, 1.0))
         engine.hold_starts()
-        engine.adopt(map(spec_from_row, rows))
+        recovery.adopt(engine, map(spec_from_row, rows))
         engine.cancel(run_id, now)
         asked = engine.tick(now)
         for stopped in asked.cancel:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from keyq.core import recovery
 from keyq.core.engine import Engine
 from keyq.core.model import ChildResult, NewRun, RunId, Step, WaitChildren, WaitForToken
 from keyq.core.states import DELAYED, FINAL, QUEUED
@@ -76,7 +77,7 @@ class Admission:
         """Every active run, where it was; what recovery could not settle from the runs
         alone (children final before the stop, tokens completed meanwhile) is read."""
         snapshot, recovered = await self._db.load_active(
-            lambda specs: self.engine.recover(specs, now)
+            lambda specs: recovery.recover(self.engine, specs, now)
         )
         self._last_seq, self._last_token_seq = snapshot.last_seq, snapshot.last_token_seq
         self.journaled = snapshot.journaled

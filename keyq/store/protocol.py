@@ -26,9 +26,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from keyq.config import Config
-from keyq.core.engine import EngineStatistics
 from keyq.core.journal import Entry
-from keyq.core.model import ChildResult, NewRun, Outcome, RunId, StartRun, Transition, Wait
+from keyq.core.model import (
+    ChildResult,
+    EngineStatistics,
+    NewRun,
+    Outcome,
+    RunId,
+    StartRun,
+    Transition,
+    Wait,
+)
 from keyq.core.states import RunState
 from keyq.errors import KeyqError
 from keyq.replies import Reply

@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 
+from keyq.core import recovery
 from keyq.core.engine import Engine
 from keyq.core.model import ErrorInfo, RunId, Step, Transition
 from keyq.core.states import FAILED, Reason
@@ -199,7 +200,7 @@ class Recorder:
         """The runs were never stored: forget them, then tell their callers."""
         for hand_in in hand_ins:
             ids = hand_in.ids
-            self._engine.withdraw(ids)
+            recovery.withdraw(self._engine, ids)
             recorded.step = _without(recorded.step, ids)
             recorded.dropped.add(hand_in)
             self._log.warning("trigger_refused", runs=len(ids), error=str(exc))
@@ -219,7 +220,7 @@ class Recorder:
             return  # even its failure was refused: the stored state stands until a restart
         self._unrecordable.add(run_id)
         error = ErrorInfo("Unrecordable", f"the database refused this run's record: {exc}")
-        if not self._engine.abandon(run_id, now, error):
+        if not recovery.abandon(self._engine, run_id, now, error):
             mine = [t for t in writes.step.transitions if t.run_id == run_id]
             if mine:
                 self._tombstones.append(_tombstone(mine[-1], now, error))

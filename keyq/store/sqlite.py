@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from keyq.config import Config
-from keyq.core.engine import Engine, EngineStatistics, TaskPolicy
+from keyq.core.engine import Engine
 from keyq.core.journal import Entry
 from keyq.core.limits import Limits
-from keyq.core.model import ChildResult, ErrorInfo, RunId
+from keyq.core.model import ChildResult, EngineStatistics, ErrorInfo, RunId, TaskPolicy
 from keyq.core.settings import key_settings, queue_settings
 from keyq.core.states import FAILED, RunState
 from keyq.errors import StoreError

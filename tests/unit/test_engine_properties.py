@@ -22,7 +22,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from keyq.core.engine import Engine, TaskPolicy
+from keyq.core.engine import Engine
 from keyq.core.limits import Key, Limits, QueueLimit
 from keyq.core.model import (
     Cancelled,
@@ -33,6 +33,7 @@ from keyq.core.model import (
     RunSpec,
     StartRun,
     Step,
+    TaskPolicy,
     Transition,
     WaitChildren,
     WaitUntil,

@@ -11,7 +11,8 @@ import random
 
 import pytest
 
-from keyq.core.engine import Engine, TaskPolicy
+from keyq.core import recovery
+from keyq.core.engine import Engine
 from keyq.core.limits import Limits, QueueLimit
 from keyq.core.model import (
     Cancelled,
@@ -21,6 +22,7 @@ from keyq.core.model import (
     Failed,
     RunSpec,
     Step,
+    TaskPolicy,
     Transition,
     WaitChildren,
     WaitForToken,
@@ -443,7 +445,7 @@ def test_engine__withdrawn_runs_are_forgotten_and_free_their_slots() -> None:
     sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
     step = sim.submit(spec("a"), spec("b"), spec("d", state=DELAYED, available_at=T0 + 60))
     assert started(step) == ["a"]
-    sim.engine.withdraw(["a", "d", "unknown"])
+    recovery.withdraw(sim.engine, ["a", "d", "unknown"])
     step = sim.tick()
     assert moves(step) == [("b", "queued", "running", "started")]
     assert ("a" in sim.engine, "d" in sim.engine) == (False, False)
@@ -468,12 +470,12 @@ def test_engine__an_abandoned_run_fails_as_unrecordable_and_holds_nothing(
         sim.tick()
     run_id = "x" if state in (QUEUED, DELAYED) else "r"
     assert sim.engine.state_of(run_id) is state
-    assert sim.engine.abandon(run_id, sim.now, BOOM) is True
+    assert recovery.abandon(sim.engine, run_id, sim.now, BOOM) is True
     step = sim.tick()
     assert (run_id, state.value, "failed", "unrecordable") in moves(step)
     assert (run_id in step.cancel) == (state in (RUNNING, WAITING))
     assert run_id not in sim.engine
-    assert sim.engine.abandon(run_id, sim.now, BOOM) is False
+    assert recovery.abandon(sim.engine, run_id, sim.now, BOOM) is False
 
 
 def test_engine__cancel_of_a_final_or_unknown_run_raises() -> None:
@@ -614,7 +616,7 @@ def test_engine__parent_waits_for_every_child() -> None:
 def test_engine__recover_running_run_is_requeued_as_interrupted() -> None:
     """A run that was RUNNING at a crash is QUEUED again as an interrupted attempt."""
     sim = Sim()
-    sim.engine.recover([spec("r", state=RUNNING, attempt=1, max_attempts=3)], sim.now)
+    recovery.recover(sim.engine, [spec("r", state=RUNNING, attempt=1, max_attempts=3)], sim.now)
     step = sim.tick()
     assert moves(step) == [
         ("r", "running", "queued", "interrupted"),
@@ -628,7 +630,7 @@ def test_engine__recover_waiting_run_keeps_waiting_then_resumes() -> None:
     """A run WAITING at a crash waits on, holding no slot, and resumes in its attempt."""
     sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
     stored = spec("w", state=WAITING, attempt=1, wait=WaitUntil(T0 + 600))
-    sim.engine.recover([stored, spec("other")], sim.now)
+    recovery.recover(sim.engine, [stored, spec("other")], sim.now)
     step = sim.tick()
     assert started(step) == ["other"]  # the waiting run holds no slot
     assert sim.engine.state_of("w") is WAITING
@@ -647,7 +649,7 @@ def test_engine__recover_run_queued_to_resume_resumes_first() -> None:
     sim = Sim(limited(q=QueueLimit(concurrency_limit=1)))
     fresh = spec("fresh")
     resumer = spec("r", state=QUEUED, attempt=1, max_attempts=1, wait=WaitUntil(T0))
-    sim.engine.recover([fresh, resumer], sim.now)
+    recovery.recover(sim.engine, [fresh, resumer], sim.now)
     step = sim.tick()
     assert moves(step) == [("r", "queued", "running", "resumed")]
     assert step.start[0].resumed
@@ -659,7 +661,7 @@ def test_engine__recover_parent_waiting_on_children() -> None:
     before the crash are reported back for the shell to read, then resume it too."""
     sim = Sim()
     parent = spec("p", state=WAITING, attempt=1, wait=WaitChildren(("gone", "c")))
-    recovered = sim.engine.recover([parent, spec("c", parent_id="p")], sim.now)
+    recovered = recovery.recover(sim.engine, [parent, spec("c", parent_id="p")], sim.now)
     assert recovered.children == {"p": ["gone"]}
     sim.tick()
     sim.finish("c")
@@ -677,7 +679,7 @@ def test_engine__recover_parent_waiting_on_children() -> None:
 def test_engine__recover_without_attempts_left_fails(state: RunState) -> None:
     """An interrupted last attempt ends the run FAILED, with the interruption as its error."""
     sim = Sim()
-    sim.engine.recover([spec("r", state=state, attempt=2, max_attempts=2)], sim.now)
+    recovery.recover(sim.engine, [spec("r", state=state, attempt=2, max_attempts=2)], sim.now)
     step = sim.tick()
     assert moves(step) == [("r", state.value, "failed", "interrupted")]
     error = step.transitions[0].error
@@ -689,7 +691,9 @@ def test_engine__recover_without_attempts_left_fails(state: RunState) -> None:
 def test_engine__recover_queued_and_delayed_runs_are_adopted_as_is() -> None:
     """Runs that were only QUEUED or DELAYED come back unchanged, with no new transition."""
     sim = Sim(limited(q=QueueLimit(concurrency_limit=0)))
-    sim.engine.recover([spec("q1"), spec("d1", state=DELAYED, available_at=T0 + 5)], sim.now)
+    recovery.recover(
+        sim.engine, [spec("q1"), spec("d1", state=DELAYED, available_at=T0 + 5)], sim.now
+    )
     assert not sim.tick()
     assert sim.stats() == (1, 1, 0, 0)
     assert moves(sim.tick(T0 + 5)) == [("d1", "delayed", "queued", "delay_over")]
@@ -739,7 +743,7 @@ def test_engine__recover_reports_waited_tokens() -> None:
     while the daemon was down."""
     sim = Sim()
     stored = spec("w", state=WAITING, attempt=1, wait=WaitForToken("tok", None))
-    assert sim.engine.recover([stored], sim.now).tokens == ["tok"]
+    assert recovery.recover(sim.engine, [stored], sim.now).tokens == ["tok"]
     sim.engine.token_done("tok", sim.now)
     assert moves(sim.tick())[0] == ("w", "waiting", "queued", "token_completed")
 
