@@ -88,8 +88,8 @@ class Producer:
     def store(self, runs: list[NewRun]) -> list[RunHandle]:
         """Insert validated runs in one transaction; blocking. A run whose id is
         already stored (the daemon took it after all) is not stored twice."""
-        inserted = self._store.insert_runs(runs)
-        return [RunHandle(i.run_id, r.task, i.is_new) for i, r in zip(inserted, runs, strict=True)]
+        standing = self._store.insert_runs(runs)
+        return [RunHandle(s, r.task, s == r.id) for s, r in zip(standing, runs, strict=True)]
 
     def close(self) -> None:
         self._store.close()

@@ -322,7 +322,7 @@ class Engine:
             run.attempt += 1
             run.used_s = 0.0
             reason = Reason.RESTARTED if run.restart else Reason.STARTED
-        children = self.waits.results_for(run)
+        children = self.waits.results_for(run) if run.resume else ()
         resumed, run.resume, run.restart, run.wait = run.resume, False, False, None
         self._book.move(run, RUNNING, now, reason)
         run.span_started_at = now
@@ -391,8 +391,7 @@ class Engine:
         self._book.remove(run)  # final runs leave the engine
         self._wakeups.cancel(run.id)
         self._timeouts.cancel(run.id)
-        self.waits.forget(run)
-        self.waits.child_final(run, ChildResult(run.id, to, result, error), now)
+        self.waits.final(run, lambda: ChildResult(run.id, to, result, error), now)
 
     def _policy(self, run: ActiveRun) -> TaskPolicy:
         return self._policies.get(run.task, DEFAULT_POLICY)

@@ -87,11 +87,20 @@ class Waits:
             self._heard.setdefault(waiter_id, {}).update(results)
             self._resume_if_children_done(run, now)
 
-    def child_final(self, run: ActiveRun, child: ChildResult, now: float) -> None:
-        """``run`` is final: its parent and its watchers hear how it ended."""
-        waiting = self._watchers.pop(run.id, [])
+    def final(self, run: ActiveRun, outcome: Callable[[], ChildResult], now: float) -> None:
+        """``run`` is final: its token wait and what it heard go, and its parent and its
+        watchers hear how it ended (``outcome``, built only if someone listens)."""
+        if isinstance(run.wait, WaitForToken):
+            self.forget_token(run)
+        if self._heard:
+            self._heard.pop(run.id, None)
+        waiting = self._watchers.pop(run.id, None) if self._watchers else None
+        if run.parent_id is None and not waiting:
+            return  # the common case: nobody waits on it
+        waiting = waiting or []
         if run.parent_id is not None:
             waiting.append(run.parent_id)
+        child = outcome()
         for waiter_id in waiting:
             self.hear(waiter_id, {child.run_id: child}, now)
 
@@ -109,11 +118,6 @@ class Waits:
         heard = self._heard.pop(run.id, _NONE)
         results = tuple(heard[c] for c in ids if c in heard)
         return results if len(results) == len(ids) else ()
-
-    def forget(self, run: ActiveRun) -> None:
-        """The run is final: its token wait and what it heard go."""
-        self.forget_token(run)
-        self._heard.pop(run.id, None)
 
     def _resume_if_children_done(self, run: ActiveRun, now: float) -> None:
         wait = run.wait

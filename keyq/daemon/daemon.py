@@ -57,12 +57,13 @@ from keyq.store.instance import socket_path
 from keyq.store.permissions import FileAccess
 from keyq.store.protocol import (
     CancelAsked,
+    CommitAbandoned,
     Event,
     RunsHandedIn,
     SettingsChanged,
+    Store,
     Tick,
 )
-from keyq.store.recorder import CommitAbandoned
 from keyq.store.sqlite import SqliteStore
 
 INTERRUPT_WAIT_S = 5.0  # after the grace period: how long interrupted attempts get to stop
@@ -83,25 +84,18 @@ class Daemon:
         clock: Clock | None = None,
         control_socket: bool = True,
         rng: random.Random | None = None,
-        store: SqliteStore | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config if config is not None else load_config()
         self.registry = registry if registry is not None else default_registry
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.socket_path = socket_path(self.config.database) if control_socket else None
         self.log = get_logger()
-        self.store = store if store is not None else SqliteStore(self.config, self.registry, rng)
-        self.store.on_failing = self._while_failing
-        self.attempts = Attempts(
-            self.registry,
-            self.store,
-            self.log,
-            post=self._post,
-            now=self.clock.now,
-            submit=self.submit_triggers,
-            checkpoint_after_s=self.config.checkpoint_after_s,
-            max_result_bytes=self.config.max_payload_bytes,
+        self.store: Store = (
+            store if store is not None else SqliteStore(self.config, self.registry, rng)
         )
+        self.store.on_failing = self._while_failing
+        self.attempts = self._new_attempts()
         self._producer = self._new_producer()
         self._inbox = Inbox()
         self._waiters = Waiters()
@@ -114,12 +108,8 @@ class Daemon:
         self.ping_watchdog: Callable[[float], None] = _no_watchdog  # keyq serve sets it
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack = AsyncExitStack()
+        self.access = FileAccess()  # the control socket's mode and group: set at start
         self._token: Token[Submitter | None] | None = None  # set_producer's, to reset
-
-    @property
-    def access(self) -> FileAccess:
-        """The mode and group of the daemon's files, the socket included."""
-        return self.store.access
 
     @property
     def failure(self) -> CommitAbandoned | None:
@@ -142,6 +132,7 @@ class Daemon:
         return self
 
     async def _start(self) -> None:
+        self.access = FileAccess.for_group(self.config.security.group)
         await self.store.open(self.clock.now())
         self._stack.push_async_callback(self.store.close)
         self._stack.callback(lambda: self._producer.close())
@@ -238,6 +229,18 @@ class Daemon:
         reply: Pending[None] = Pending()
         self._post(SettingsChanged(reply))
         await reply.wait()
+
+    def _new_attempts(self) -> Attempts:
+        return Attempts(
+            self.registry,
+            self.store,
+            self.log,
+            post=self._post,
+            now=self.clock.now,
+            submit=self.submit_triggers,
+            checkpoint_after_s=self.config.checkpoint_after_s,
+            max_result_bytes=self.config.max_payload_bytes,
+        )
 
     def _new_producer(self) -> Producer:
         return Producer(self.config, now=self.clock.now, poke=self.poke)

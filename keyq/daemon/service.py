@@ -18,7 +18,7 @@ from keyq.clock import Clock, SystemClock
 from keyq.config import Config
 from keyq.daemon import systemd
 from keyq.errors import KeyqError
-from keyq.store.recorder import CommitAbandoned
+from keyq.store.protocol import CommitAbandoned
 
 
 class Service(AbstractAsyncContextManager[Any], Protocol):

@@ -9,7 +9,7 @@ step's one commit, which :meth:`Admission.record` makes through the recorder.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from keyq.core import recovery
@@ -62,7 +62,8 @@ class Admission:
         self._waiting: list[RunId] = []
         self._refused_waits: list[tuple[RunId, KeyqError | None]] = []
         self._answered_client = False
-        self._handlers: dict[type, Callable[[Any, float], Awaitable[None]]] = {
+        # A handler that needs no read is plain: no coroutine per attempt that ends.
+        self._handlers: dict[type, Callable[[Any, float], Awaitable[None] | None]] = {
             AttemptEnded: self._ended,
             WaitReached: self._wait,
             StepDone: self._step,
@@ -113,20 +114,24 @@ class Admission:
 
     # --- events ------------------------------------------------------------------------------
 
-    async def apply(self, event: Event, now: float) -> None:
-        """Apply one event; a failure is that event's alone (logged, its caller answered)."""
-        try:
-            await self._handlers[type(event)](event, now)
-        except Exception as exc:
-            self._log.exception("command_failed", command=type(event).__name__)
-            reply = getattr(event, "reply", None)
-            if reply is not None:
-                reply.fail(exc)
+    async def apply(self, events: Sequence[Event], now: float) -> None:
+        """Apply the events in order; a failure is that event's alone (logged, its
+        caller answered)."""
+        for event in events:
+            try:
+                reading = self._handlers[type(event)](event, now)
+                if reading is not None:
+                    await reading
+            except Exception as exc:
+                self._log.exception("command_failed", command=type(event).__name__)
+                reply = getattr(event, "reply", None)
+                if reply is not None:
+                    reply.fail(exc)
 
-    async def _ended(self, event: AttemptEnded, now: float) -> None:
+    def _ended(self, event: AttemptEnded, now: float) -> None:
         self.engine.finished(event.run_id, event.outcome, now, event.claim)
 
-    async def _step(self, event: StepDone, now: float) -> None:
+    def _step(self, event: StepDone, now: float) -> None:
         if not self.engine.holds(event.run_id, event.claim):
             event.reply.fail(StoreError(f"run {event.run_id}: that attempt is no longer the run's"))
             return
@@ -215,7 +220,7 @@ class Admission:
             raise TriggerError(f"parent_id: no run {missing[0]!r}")
         return stored
 
-    async def _settings(self, event: SettingsChanged, now: float) -> None:
+    def _settings(self, event: SettingsChanged, now: float) -> None:
         self.settings_changed = True
         self._replies.append((None, event.reply))
 

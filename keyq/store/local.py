@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from keyq.config import Config
-from keyq.core.model import NewRun
+from keyq.core.model import NewRun, RunId
 from keyq.errors import DatabaseBusyError
 from keyq.store import admin, db, tokens
 from keyq.store.errors import map_store_errors
 from keyq.store.instance import InstanceLock, lock_path, read_pid
-from keyq.store.runs import Inserted, insert_runs
+from keyq.store.runs import insert_runs
 from keyq.store.tokens import TokenRow
 
 
@@ -38,9 +38,10 @@ class LocalStore:
                 self._conn.close()
                 self._conn = None
 
-    def insert_runs(self, runs: Sequence[NewRun]) -> list[Inserted]:
-        """Store validated runs in one transaction (keyq.store.runs.insert_runs). If the
-        lock stays held past lock_timeout, the error says who held it."""
+    def insert_runs(self, runs: Sequence[NewRun]) -> list[RunId]:
+        """Store validated runs in one transaction; for each, the id of the run standing
+        for it (:func:`keyq.store.runs.insert_runs`). If the lock stays held past
+        lock_timeout, the error says who held it."""
         what = f"storing runs in {self._config.database}"
         try:
             with self._locked() as conn, map_store_errors(what), db.transaction(conn):

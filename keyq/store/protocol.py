@@ -21,7 +21,7 @@ SQLite's: no file, lock, WAL or rowid.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,7 +38,7 @@ from keyq.core.model import (
     Wait,
 )
 from keyq.core.states import RunState
-from keyq.errors import KeyqError
+from keyq.errors import KeyqError, StoreError
 from keyq.replies import Reply
 from keyq.results import TokenResult, WaitToken
 
@@ -131,8 +131,22 @@ class Tick:
     next_due_at: float | None = None
 
 
+class CommitAbandoned(KeyqError):
+    """The store gave up a commit it kept failing: because it was asked to stop
+    (``requested``: nothing of the tick was acted on, the next start recovers), or
+    because it could not go on (``commit_retry`` ran out, say): the daemon stops."""
+
+    def __init__(self, message: str, *, requested: bool) -> None:
+        super().__init__(message)
+        self.requested = requested
+
+
 class Store(Protocol):
     """Where the daemon's runs are kept and who starts next."""
+
+    on_failing: Callable[[StoreError], None]
+    """Called while the store retries a failing commit (the daemon refuses new
+    hand-ins meanwhile and keeps its watchdog fed)."""
 
     async def open(self, now: float) -> None:
         """Register as the database's daemon and take over what a dead one left
@@ -142,8 +156,8 @@ class Store(Protocol):
 
     async def tick(self, events: Sequence[Event], now: float) -> Tick:
         """Apply ``events``, decide what starts, record it all durably; then hand back
-        what to do. Raises :class:`~keyq.errors.KeyqError` (CommitAbandoned) if
-        the store gave up a commit: the daemon must stop without acting on it."""
+        what to do. Raises :class:`CommitAbandoned` if the store gave up a
+        commit: the daemon must stop without acting on it."""
 
     def poke(self) -> None:
         """Runs or token completions were stored by another process: read them soon."""

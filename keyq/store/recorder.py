@@ -36,21 +36,13 @@ from keyq.core import recovery
 from keyq.core.engine import Engine
 from keyq.core.model import ErrorInfo, RunId, Step, Transition
 from keyq.core.states import FAILED, Reason
-from keyq.errors import KeyqError, StoreError, UnstorableError
+from keyq.errors import StoreError, UnstorableError
 from keyq.store.database import Database
 from keyq.store.handins import HandIn, lock_wait_s, too_late
+from keyq.store.protocol import CommitAbandoned
 from keyq.store.runs import JournalWrite
 
 FIRST_RETRY_S, MAX_RETRY_S = 0.05, 5.0
-
-
-class CommitAbandoned(KeyqError):
-    """The daemon stopped retrying a commit the database kept refusing: because it was
-    asked to stop (``requested``), or because ``commit_retry`` ran out."""
-
-    def __init__(self, message: str, *, requested: bool) -> None:
-        super().__init__(message)
-        self.requested = requested
 
 
 class TooLateError(StoreError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from keyq.core.journal import Entry
@@ -22,46 +21,37 @@ from keyq.store.db import QUERIES as Q
 JournalWrite = tuple[RunId, Entry, float]
 
 
-@dataclass(frozen=True, slots=True)
-class Inserted:
-    """What storing one run did: ``run_id`` is the run now stored (another run's, when
-    its idempotency key matched: ``is_new`` is False); ``seq`` its row, when asked for."""
+def insert_runs(conn: sqlite3.Connection, runs: Sequence[NewRun]) -> list[RunId]:
+    """Insert validated runs in one ``executemany``; for each run in order, the id of
+    the run that stands for it.
 
-    run_id: RunId
-    is_new: bool
-    seq: int | None = None
-
-
-def insert_runs(
-    conn: sqlite3.Connection, runs: Sequence[NewRun], *, seqs: bool = False
-) -> list[Inserted]:
-    """Insert validated runs, one result per run in order.
-
-    A run whose idempotency key was used before for its task (in the database or
-    earlier in ``runs``) is not stored: the earlier run stands for it. A run whose
-    id is already stored (stored by the other path) keeps that row. With
-    ``seqs``, each result carries its row's seq (one statement per run: the
-    daemon needs them); without, the rows go in one ``executemany``. A
-    trigger-time queue limit is stored as that queue's runtime limit.
+    That is its own id, unless its idempotency key was used before for its task
+    (in the database or earlier in ``runs``): then the earlier run stands for it
+    and it is not stored. A run whose id is already stored (stored by the other
+    path) keeps that row. A trigger-time queue limit is stored as that queue's
+    runtime limit.
     """
-    inserted, fresh = _resolve_idempotency(conn, runs)
-    if seqs:
-        by_id = {r.id: _insert_one(conn, r) for r in fresh}
-        inserted = [Inserted(i.run_id, i.is_new, by_id.get(i.run_id)) for i in inserted]
-    else:
-        conn.executemany(Q["insert_run"], [new_run_params(r) for r in fresh])
-    overrides = {
-        r.queue: (r.queue, r.queue_limit, r.created_at) for r in fresh if r.queue_limit is not None
-    }
-    conn.executemany(Q["set_queue_limit_from_trigger"], overrides.values())
-    return inserted
+    standing, fresh = _resolve_idempotency(conn, runs)
+    conn.executemany(Q["insert_run"], [new_run_params(r) for r in fresh])
+    _store_queue_limits(conn, fresh)
+    return standing
+
+
+def _insert_with_seqs(conn: sqlite3.Connection, runs: Sequence[NewRun]) -> dict[RunId, int]:
+    """:func:`insert_runs`, one statement per run: the seq of each run stored, by id."""
+    _, fresh = _resolve_idempotency(conn, runs)
+    seqs = {r.id: _insert_one(conn, r) for r in fresh}
+    _store_queue_limits(conn, fresh)
+    return seqs
 
 
 def _resolve_idempotency(
     conn: sqlite3.Connection, runs: Sequence[NewRun]
-) -> tuple[list[Inserted], list[NewRun]]:
-    """Which runs stand for themselves, and which an earlier run with their key replaces."""
-    results: list[Inserted] = []
+) -> tuple[list[RunId], list[NewRun]]:
+    """The run standing for each run, and the runs to store."""
+    if all(run.idempotency_key is None for run in runs):  # the common case: all stand
+        return [run.id for run in runs], list(runs)
+    standing: list[RunId] = []
     fresh: list[NewRun] = []
     seen: dict[tuple[str, str], str] = {}
     for run in runs:
@@ -69,12 +59,20 @@ def _resolve_idempotency(
             scope = (run.task, run.idempotency_key)
             existing = seen.get(scope) or _find_idempotent(conn, scope)
             if existing is not None:
-                results.append(Inserted(existing, is_new=False))
+                standing.append(existing)
                 continue
             seen[scope] = run.id
         fresh.append(run)
-        results.append(Inserted(run.id, is_new=True))
-    return results, fresh
+        standing.append(run.id)
+    return standing, fresh
+
+
+def _store_queue_limits(conn: sqlite3.Connection, runs: Sequence[NewRun]) -> None:
+    overrides = {
+        r.queue: (r.queue, r.queue_limit, r.created_at) for r in runs if r.queue_limit is not None
+    }
+    if overrides:
+        conn.executemany(Q["set_queue_limit_from_trigger"], overrides.values())
 
 
 def _find_idempotent(conn: sqlite3.Connection, scope: tuple[str, str]) -> str | None:
@@ -105,7 +103,7 @@ def write_step(
     its transitions apply to that row.
     """
     params = [transition_params(t) for t in step.transitions]
-    seqs = _inserted_seqs(conn, inserts) if inserts else {}
+    seqs = _insert_with_seqs(conn, inserts) if inserts else {}
     conn.executemany(Q["apply_transition"], _with_seqs(params, seqs, step.transitions))
     _mark_cancels(conn, step.cancel_requests, seqs)
     if entries:
@@ -113,10 +111,6 @@ def write_step(
         conn.executemany(Q["insert_journal_entry"], journal)
     _time_out(conn, step.expired_tokens)
     return seqs
-
-
-def _inserted_seqs(conn: sqlite3.Connection, runs: Sequence[NewRun]) -> dict[RunId, int]:
-    return {i.run_id: i.seq for i in insert_runs(conn, runs, seqs=True) if i.seq is not None}
 
 
 def rows_written(step: Step, entries: Sequence[JournalWrite], inserts: Sequence[NewRun]) -> int:

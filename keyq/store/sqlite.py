@@ -104,8 +104,7 @@ class SqliteStore:
         admission = self._require()
         if self._poked or now >= self._next_poll_at:
             await self._ingest_safely(now)
-        for event in events:
-            await admission.apply(event, now)
+        await admission.apply(events, now)
         if admission.settings_changed:
             await self._read_settings()
         tick = await admission.record(self.engine.tick(now), now)
