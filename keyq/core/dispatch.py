@@ -235,12 +235,3 @@ class Dispatcher:
         q = self._queues.get(queue)
         b = q.buckets.get(key) if q is not None else None
         return b.size if b is not None else 0
-
-    def buckets(self) -> list[tuple[str, Key, int]]:
-        """Every bucket with its live queued count (for audits and stats, not the hot path)."""
-        return [
-            (q.name, b.key, b.size)
-            for q in self._queues.values()
-            for b in q.buckets.values()
-            if b.size
-        ]

@@ -44,17 +44,6 @@ class _QueueSlots:
     paused_keys: set[Key] = field(default_factory=set)
 
 
-@dataclass(frozen=True, slots=True)
-class LimitStatistics:
-    """A snapshot of slot use: what ``keyq stats`` and tests read."""
-
-    running: int
-    burst_limit: int
-    base_limit: int
-    running_by_queue: dict[str, int]
-    running_by_key: dict[tuple[str, Key], int]
-
-
 class Limits:
     """Counts of RUNNING runs per bucket, per queue and in total, against their limits."""
 
@@ -238,17 +227,6 @@ class Limits:
 
     def queue_names(self) -> list[str]:
         return list(self._queues)
-
-    def statistics(self) -> LimitStatistics:
-        return LimitStatistics(
-            running=len(self._holders),
-            burst_limit=self._burst,
-            base_limit=self._base,
-            running_by_queue={q: s.running for q, s in self._queues.items() if s.running},
-            running_by_key={
-                (q, k): n for q, s in self._queues.items() for k, n in s.running_by_key.items()
-            },
-        )
 
     def _slots(self, queue: str) -> _QueueSlots:
         slots = self._queues.get(queue)

@@ -291,7 +291,7 @@ def test_dispatch__discard_removes_queued_runs() -> None:
     assert d.discard("r1") is False
     assert d.discard("never-queued") is False
     assert _start_all(d, limits) == ["r0", "r2"]
-    assert d.buckets() == []
+    assert (len(d), d.queued_in("q", "A")) == (0, 0)
 
 
 def test_dispatch__discard_everything_in_a_parked_bucket() -> None:
@@ -329,15 +329,16 @@ def test_dispatch__run_can_be_queued_again_after_pop() -> None:
     assert d.pop(limits) == Popped("r1", "q", "A", RESUME_PRIORITY)
 
 
-def test_dispatch__buckets_lists_live_counts() -> None:
-    """buckets() reports each bucket's live queued count, for stats and audits."""
+def test_dispatch__queued_in_counts_live_runs_per_bucket() -> None:
+    """queued_in() counts each bucket's live queued runs over every priority, for stats."""
     d = Dispatcher()
     d.push("a1", "q", "A", 5)
     d.push("a2", "q", "A", 1)
     d.push("n1", "q", None, 5)
     d.push("r1", "r", "A", 5)
     d.discard("r1")
-    assert sorted(d.buckets(), key=str) == sorted([("q", "A", 2), ("q", None, 1)], key=str)
+    counts = [d.queued_in(q, k) for q, k in [("q", "A"), ("q", None), ("r", "A"), ("q", "B")]]
+    assert counts == [2, 1, 0, 0]
 
 
 def test_dispatch__blocked_backlog_is_not_touched_again() -> None:

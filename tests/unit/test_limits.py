@@ -37,8 +37,7 @@ def test_limits__unkeyed_runs_share_the_none_bucket() -> None:
     assert limits.can_start("q", None)
     limits.acquire("r2", "q", None)
     assert not limits.can_start("q", None)
-    assert limits.running_in_bucket("q", None) == 2
-    assert limits.statistics().running_by_key == {("q", None): 2}
+    assert (limits.running_in_bucket("q", None), limits.running_in_queue("q")) == (2, 2)
 
 
 def test_limits__queue_total_limit_caps_the_sum_over_keys() -> None:
@@ -82,9 +81,8 @@ def test_limits__environment_burst_caps_all_queues() -> None:
     limits.acquire("c", "q2", None)
     assert not limits.env_has_room()
     assert not limits.can_start("q3", None)
-    stats = limits.statistics()
-    assert (stats.running, stats.burst_limit, stats.base_limit) == (3, 3, 2)
-    assert stats.running_by_queue == {"q1": 2, "q2": 1}
+    assert (limits.running, limits.burst, limits.base) == (3, 3, 2)
+    assert (limits.running_in_queue("q1"), limits.running_in_queue("q2")) == (2, 1)
 
 
 def test_limits__set_environment_changes_base_and_burst() -> None:
@@ -167,11 +165,11 @@ def test_limits__acquire_refuses_beyond_any_level(setup: object, match: str) -> 
     limits = Limits(concurrency=2, burst_factor=1.5)
     limits.set_queue("q", QueueLimit(concurrency_limit=1))
     setup(limits)  # type: ignore[operator]
-    before = limits.statistics()
+    before = _counts(limits)
     with pytest.raises(SlotError, match=match):
         limits.acquire("new", "q", "A")
     assert not limits.holds("new")
-    assert limits.statistics() == before
+    assert _counts(limits) == before
 
 
 def test_limits__double_acquire_raises() -> None:
@@ -212,8 +210,7 @@ def test_limits__release_frees_every_level() -> None:
     limits.release("r1")
     assert limits.can_start("q", "A")
     assert not limits.holds("r1")
-    stats = limits.statistics()
-    assert (stats.running, stats.running_by_queue, stats.running_by_key) == (0, {}, {})
+    assert _counts(limits) == (0, 0, 0)
 
 
 def test_limits__lowering_a_limit_does_not_preempt() -> None:
@@ -250,19 +247,6 @@ def test_limits__lowering_environment_does_not_preempt() -> None:
     assert limits.env_has_room()
 
 
-def test_limits__statistics_is_a_snapshot() -> None:
-    """statistics() reports per-queue and per-key counts and does not change afterwards."""
-    limits = Limits()
-    limits.acquire("a", "q", "A")
-    limits.acquire("b", "q", "B")
-    limits.acquire("c", "r", None)
-    stats = limits.statistics()
-    assert stats.running_by_queue == {"q": 2, "r": 1}
-    assert stats.running_by_key == {("q", "A"): 1, ("q", "B"): 1, ("r", None): 1}
-    limits.release("a")
-    assert stats.running_by_queue == {"q": 2, "r": 1}
-
-
 def test_limits__set_queue_keeps_running_counts() -> None:
     """Changing a queue's limits keeps the slots already taken in that queue."""
     limits = Limits()
@@ -273,3 +257,8 @@ def test_limits__set_queue_keeps_running_counts() -> None:
     assert not limits.can_start("q", "A")
     limits.release("a")
     assert limits.can_start("q", "A")
+
+
+def _counts(limits: Limits) -> tuple[int, int, int]:
+    """Slots held in total, in queue "q", and in its key "A"."""
+    return limits.running, limits.running_in_queue("q"), limits.running_in_bucket("q", "A")
