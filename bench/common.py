@@ -295,10 +295,11 @@ def summary_ms(samples_ns: Sequence[int]) -> dict[str, float]:
     }
 
 
-Unit = Literal["runs/s", "ms", "s", "MiB", "ratio", "count", "index"]
+Unit = Literal["runs/s", "µs", "ms", "s", "MiB", "ratio", "count", "index"]
 
 _FORMATS: dict[str, Callable[[float], str]] = {
     "runs/s": lambda v: f"{v:,.0f} runs/s",
+    "µs": lambda v: f"{v:,.2f} µs",
     "ms": lambda v: f"{v:,.3f} ms",
     "s": lambda v: f"{v:.2f} s",
     "MiB": lambda v: f"{v:,.0f} MiB",

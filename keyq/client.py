@@ -18,11 +18,12 @@ from typing import Any
 import anyio
 
 from keyq import channel
-from keyq.clock import SystemClock
+from keyq.clock import Clock, SystemClock
 from keyq.config import Config, load_config
 from keyq.core import bounds
 from keyq.core.bounds import check_limit, check_name
 from keyq.core.durations import parse_duration
+from keyq.core.ratelimit import parse_rate
 from keyq.errors import InvalidArgumentError, KeyqError, RunNotFoundError, TriggerError
 from keyq.ids import new_token_id
 from keyq.producer import Producer
@@ -46,11 +47,16 @@ class Client:
     """Trigger, inspect and operate on runs from any process (blocking calls)."""
 
     def __init__(
-        self, config: Config | str | Path | None = None, *, registry: Registry | None = None
+        self,
+        config: Config | str | Path | None = None,
+        *,
+        registry: Registry | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        """``clock``: where "now" comes from (tests give the daemon's FakeClock)."""
         self.config = config if isinstance(config, Config) else load_config(config)
         self.registry = registry if registry is not None else default_registry
-        self._clock = SystemClock()
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._socket = socket_path(self.config.database)
         self._channel = channel.Channel(self._socket)
         self._store = LocalStore(self.config)
@@ -121,13 +127,14 @@ class Client:
 
     def queues(self) -> list[dict[str, Any]]:
         """Known queues with effective limits, pause state and active counts."""
-        return self.inspector.queues(self.registry.queues, self.config)
+        return self.inspector.queues(self.registry.queues, self.config, self._clock.now())
 
     def keys(self, queue: str) -> list[dict[str, Any]]:
         """The active keys of a queue, busiest backlog first, and which are at their limit."""
         setting = {q["queue"]: q for q in self.queues()}.get(queue)
         limit = setting["concurrency_limit"] if setting else None
-        return self.inspector.keys(queue, limit)
+        rate = parse_rate(setting["rate_limit"], field="rate_limit") if setting else None
+        return self.inspector.keys(queue, limit, rate, self._clock.now())
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunResult:
         """Block until the run is final; TimeoutError after ``timeout`` seconds."""
@@ -173,6 +180,26 @@ class Client:
         self._store.update_key_settings(
             queue, key, self._clock.now(), concurrency_limit=check_limit("limit", limit)
         )
+        self._settings_changed()
+
+    def set_queue_rate(self, queue: str, rate: str | None, total: str | None = admin.UNSET) -> None:
+        """Set a queue's runtime rate limit, per key (``"100/1m"``; ``"none"`` lifts the
+        rate code or config set; None drops the override), and optionally ``total``
+        over all keys; stored durably, applied live."""
+        fields = {"rate_limit": _rate("rate", rate)}
+        if total is not admin.UNSET:
+            fields["rate_limit_total"] = _rate("total", total)
+        self._store.update_queue_settings(
+            check_name("queue name", queue), self._clock.now(), **fields
+        )
+        self._settings_changed()
+
+    def set_key_rate(self, queue: str, key: str, rate: str | None) -> None:
+        """Give one concurrency key its own rate in a queue (``"10/1m"``; ``"none"``: no
+        rate for it; None: the queue's rate again); stored, applied live."""
+        queue, key = check_name("queue name", queue), _key(key)
+        rate_text = _rate("rate", rate)
+        self._store.update_key_settings(queue, key, self._clock.now(), rate_limit=rate_text)
         self._settings_changed()
 
     def pause(self, queue: str, key: str | None = None, *, paused: bool = True) -> None:
@@ -239,6 +266,17 @@ def _key(key: object) -> str:
         return bounds.text("concurrency key", key, bounds.MAX_KEY_LENGTH)
     except bounds.BoundError as exc:
         raise InvalidArgumentError(str(exc)) from None
+
+
+def _rate(field: str, rate: object) -> str | None:
+    """A rate as stored: its canonical text, "none", or None (no override)."""
+    if rate is None:
+        return None
+    try:
+        parsed = parse_rate(rate, field=field)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    return str(parsed) if parsed is not None else "none"
 
 
 def _limit(limit: object) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from keyq.core import bounds
 from keyq.core.bounds import check_name
 from keyq.core.durations import parse_duration
+from keyq.core.ratelimit import parse_rate
 from keyq.errors import ConfigError, DefinitionError
 
 Durability = Literal["full", "normal"]
@@ -50,6 +51,8 @@ class QueueConfig:
 
     concurrency_limit: int | None = None
     total_limit: int | None = None
+    rate_limit: str | None = None  # "100/1m", or "none" to lift the code's; None: unset
+    rate_limit_total: str | None = None
     paused: bool = False
 
 
@@ -187,6 +190,14 @@ def _choice(*choices: str) -> Validator:
     return check
 
 
+def _rate(key: str, value: Any) -> str:
+    try:
+        rate = parse_rate(value, field=key) if value is not None else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return str(rate) if rate is not None else "none"
+
+
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key} must be true or false, got {value!r}")
@@ -242,6 +253,8 @@ _LIMITS: dict[str, Validator] = {"concurrency": _int(1), "burst_factor": _factor
 _QUEUE: dict[str, Validator] = {
     "concurrency_limit": _int(0),
     "total_limit": _int(0),
+    "rate_limit": _rate,
+    "rate_limit_total": _rate,
     "paused": _bool,
 }
 _RETENTION: dict[str, Validator] = {

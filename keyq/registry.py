@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from keyq.core import bounds
 from keyq.core.bounds import check_limit, check_name
+from keyq.core.ratelimit import Rate, parse_rate
 from keyq.core.retry import DEFAULT_RETRY, Retry
 from keyq.errors import DefinitionError, KeyqError, TriggerError, UnknownTaskError, WaitError
 from keyq.results import RunHandle, RunResult
@@ -26,18 +27,27 @@ from keyq.results import RunHandle, RunResult
 
 @dataclass(frozen=True, slots=True)
 class Queue:
-    """A named queue: ``concurrency_limit`` runs per concurrency key (or for the
-    queue as a whole when runs carry no key), and optionally ``total_limit`` over
-    all keys together."""
+    """A named queue: ``concurrency_limit`` runs at once and ``rate_limit`` starts per
+    window, each per concurrency key (or for the queue as a whole when runs carry
+    no key), and optionally ``total_limit`` and ``rate_limit_total`` over all keys
+    together. Rates are written ``"100/1m"``, ``"10/s"``."""
 
     name: str
     concurrency_limit: int | None = None
     total_limit: int | None = None
+    rate_limit: Rate | None = None
+    rate_limit_total: Rate | None = None
 
     def __post_init__(self) -> None:
         check_name("queue name", self.name)
         check_limit("concurrency_limit", self.concurrency_limit)
         check_limit("total_limit", self.total_limit)
+        for name in ("rate_limit", "rate_limit_total"):
+            try:
+                rate = parse_rate(getattr(self, name), field=name)
+            except ValueError as exc:
+                raise DefinitionError(f"queue {self.name!r}: {exc}") from None
+            object.__setattr__(self, name, rate)  # "100/1m" in, a Rate kept
 
 
 TaskFn = Callable[..., Any]
@@ -94,15 +104,22 @@ class Registry:
         self.queues: dict[str, Queue] = {}
 
     def queue(
-        self, name: str, concurrency_limit: int | None = None, total_limit: int | None = None
+        self,
+        name: str,
+        concurrency_limit: int | None = None,
+        total_limit: int | None = None,
+        *,
+        rate_limit: Rate | str | None = None,
+        rate_limit_total: Rate | str | None = None,
     ) -> Queue:
         """Define (or look up an identical) queue by name."""
-        q = Queue(name, concurrency_limit, total_limit)
+        q = Queue(name, concurrency_limit, total_limit, rate_limit, rate_limit_total)  # type: ignore[arg-type]
         existing = self.queues.get(name)
         if existing is not None and existing != q:
             raise DefinitionError(
                 f"queue {name!r} is already defined with concurrency_limit="
-                f"{existing.concurrency_limit}, total_limit={existing.total_limit}"
+                f"{existing.concurrency_limit}, total_limit={existing.total_limit}, "
+                f"rate_limit={existing.rate_limit}, rate_limit_total={existing.rate_limit_total}"
             )
         self.queues[name] = q
         return q
@@ -145,7 +162,13 @@ class Registry:
         if isinstance(queue, str):
             return self.queues.get(check_name("queue name", queue)) or self.queue(queue)
         if isinstance(queue, Queue):
-            return self.queue(queue.name, queue.concurrency_limit, queue.total_limit)
+            return self.queue(
+                queue.name,
+                queue.concurrency_limit,
+                queue.total_limit,
+                rate_limit=queue.rate_limit,
+                rate_limit_total=queue.rate_limit_total,
+            )
         raise DefinitionError(f"task {task_id!r}: queue must be a keyq.queue(...) or a name")
 
     def _add(self, task: Task) -> None:

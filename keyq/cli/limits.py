@@ -1,4 +1,4 @@
-"""``keyq stats``, ``keyq queues`` and ``keyq keys``: counts, limits, pauses."""
+"""``keyq stats``, ``keyq queues`` and ``keyq keys``: counts, limits, rates, pauses."""
 
 from __future__ import annotations
 
@@ -97,3 +97,50 @@ def keys_set_limit(
     with errors_reported(), client(config) as c:
         c.set_key_limit(queue, key, limit)
         typer.echo(f"key {key} in {queue}: limit {'reset' if reset else limit}")
+
+
+RateArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Starts per window: 100/1m, 10/s, 5/30s; none lifts the rate. Omit with --reset.",
+        show_default=False,
+    ),
+]
+
+
+def queues_set_rate(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    rate: RateArg = None,
+    total: Annotated[
+        str | None, typer.Option(help="Starts per window over all keys together (or none).")
+    ] = None,
+    reset: Annotated[
+        bool, typer.Option(help="Drop the runtime rates: back to code/config.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Change a queue's rate limit (per key, or for the queue without keys) while the
+    daemon runs; stored, so it survives restarts. Retries and resumed waits count as starts."""
+    if (rate is None) != reset:
+        fail("give a RATE, or --reset", code=2)
+    with errors_reported(), client(config) as c:
+        if reset:
+            c.set_queue_rate(queue, None, None)
+        else:
+            c.set_queue_rate(queue, rate, UNSET if total is None else total)
+        typer.echo(f"queue {queue}: rate {'reset' if reset else rate}")
+
+
+def keys_set_rate(
+    queue: Annotated[str, typer.Argument()],
+    key: Annotated[str, typer.Argument()],
+    rate: RateArg = None,
+    reset: Annotated[bool, typer.Option(help="Drop the key's rate: the queue's applies.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Give one concurrency key its own rate limit in a queue (none: no rate for it)."""
+    if (rate is None) != reset:
+        fail("give a RATE, or --reset", code=2)
+    with errors_reported(), client(config) as c:
+        c.set_key_rate(queue, key, None if reset else rate)
+        typer.echo(f"key {key} in {queue}: rate {'reset' if reset else rate}")

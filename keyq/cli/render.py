@@ -126,13 +126,33 @@ def render_queues(queues: list[dict[str, Any]]) -> str:
             q["queue"],
             q["concurrency_limit"] if q["concurrency_limit"] is not None else "none",
             q["total_limit"],
+            q["rate_limit"] or "",
+            _total_rate(q),
             "yes" if q["paused"] else "no",
             *(q[s] for s in ACTIVE_COLUMNS),
         )
         for q in queues
     ]
-    headers = ("QUEUE", "LIMIT/KEY", "TOTAL", "PAUSED", *(c.upper() for c in ACTIVE_COLUMNS))
+    headers = (
+        "QUEUE",
+        "LIMIT/KEY",
+        "TOTAL",
+        "RATE/KEY",
+        "RATE TOTAL",
+        "PAUSED",
+        *(c.upper() for c in ACTIVE_COLUMNS),
+    )
     return table(headers, rows)
+
+
+def _total_rate(q: dict[str, Any]) -> str:
+    """``500/1m (12 started; next 10:01:02Z)``: the total rate and its use now."""
+    if q["rate_limit_total"] is None:
+        return ""
+    use = f"{q['total_rate_starts']} started"
+    if q["total_rate_next_start_at"]:
+        use += f"; next {q['total_rate_next_start_at'][11:19]}Z"
+    return f"{q['rate_limit_total']} ({use})"
 
 
 def render_keys(keys: list[dict[str, Any]]) -> str:
@@ -142,12 +162,16 @@ def render_keys(keys: list[dict[str, Any]]) -> str:
         (
             k["concurrency_key"] if k["concurrency_key"] is not None else "(no key)",
             k["limit"],
-            "AT LIMIT" if k["at_limit"] else "",
+            "AT LIMIT" if k["at_limit"] else ("AT RATE" if k["next_start_at"] else ""),
+            k["rate_limit"] or "",
+            "" if k["rate_starts"] is None else k["rate_starts"],
+            k["next_start_at"][11:19] + "Z" if k["next_start_at"] else "",
             *(k[s] for s in ACTIVE_COLUMNS),
         )
         for k in keys
     ]
-    return table(("KEY", "LIMIT", "", *(c.upper() for c in ACTIVE_COLUMNS)), rows)
+    headers = ("KEY", "LIMIT", "", "RATE", "STARTED", "NEXT START")
+    return table((*headers, *(c.upper() for c in ACTIVE_COLUMNS)), rows)
 
 
 def render_stats(stats: dict[str, Any]) -> str:

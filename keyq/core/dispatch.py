@@ -200,6 +200,12 @@ class Dispatcher:
         if q.parked and limits.queue_has_room(queue):
             self._unpark_queue(q)
 
+    def queue_unblocked(self, queue: str, limits: Limits) -> None:
+        """The queue as a whole may have room again (its total rate passed)."""
+        q = self._queues.get(queue)
+        if q is not None and q.parked and limits.queue_has_room(queue):
+            self._unpark_queue(q)
+
     def limits_changed(self, limits: Limits) -> None:
         """Limits were raised or something resumed: re-admit everything that now has room.
 

@@ -23,16 +23,15 @@ from collections.abc import Mapping
 
 from keyq.core.audit import audit
 from keyq.core.dispatch import Dispatcher
-from keyq.core.limits import Key, Limits, QueueLimit
+from keyq.core.limits import Key, KeyRule, Limits, QueueLimit
 from keyq.core.model import (
     RESUME_PRIORITY,
     Cancelled,
     CancelRequest,
     ChildResult,
-    Completed,
+    CountedStart,
     EngineStatistics,
     ErrorInfo,
-    Failed,
     Outcome,
     RunId,
     RunSpec,
@@ -43,10 +42,10 @@ from keyq.core.model import (
     Wait,
     WaitForToken,
 )
+from keyq.core.outcomes import INTERRUPTED, Final, RetryAt, judge
 from keyq.core.runbook import ActiveRun, RunBook
 from keyq.core.states import (
     CANCELED,
-    COMPLETED,
     DELAYED,
     FAILED,
     QUEUED,
@@ -60,7 +59,6 @@ from keyq.core.waits import Waits
 from keyq.errors import RunStateError
 
 DEFAULT_POLICY = TaskPolicy()
-INTERRUPTED = ErrorInfo("Interrupted", "the daemon stopped during the last attempt")
 WAIT_ABANDONED = ErrorInfo(
     "WaitError", "the task ended while one of its waits was pending; await waits one at a time"
 )
@@ -137,17 +135,14 @@ class Engine:
         if run.state is not RUNNING:
             raise RunStateError(f"run {run_id}: an attempt ended while the run is {run.state}")
         self._leave_running(run, now)
-        if isinstance(outcome, Failed) and run.cancel_reason is not Reason.CANCELED:
-            self._attempt_failed(run, now, outcome.error, outcome.retryable, Reason.FAILED)
-        elif run.cancel_reason is Reason.TIMEOUT:  # past its budget, even if a thread then returned
-            budget = self._policy(run).max_duration_s
-            timeout = ErrorInfo("Timeout", f"attempt exceeded max_duration of {budget} s")
-            self._attempt_failed(run, now, timeout, True, Reason.TIMEOUT)
-        elif isinstance(outcome, Completed):
-            self._finish(run, COMPLETED, now, Reason.COMPLETED, result=outcome.result)
-        elif run.cancel_reason is Reason.CANCELED:  # a cancel wins over a retry
-            cause = outcome.error if isinstance(outcome, Failed) else None
-            self._finish(run, CANCELED, now, Reason.CANCELED, error=cause)
+        policy = self._policy(run)
+        v = judge(outcome, run.cancel_reason, run.attempt, run.max_attempts, policy, now, self._rng)
+        run.cancel_reason = None
+        if isinstance(v, Final):
+            self._finish(run, v.state, now, v.reason, v.result, v.error)
+        elif isinstance(v, RetryAt):
+            self._book.move(run, DELAYED, now, Reason.RETRY, error=v.error, available_at=v.at)
+            self._wakeups.push(run.id, v.at)
         else:
             self._interrupted(run, now)
 
@@ -234,7 +229,7 @@ class Engine:
     def configure_limits(
         self,
         queues: Mapping[str, tuple[QueueLimit, bool]],
-        keys: Mapping[tuple[str, Key], tuple[int | None, bool]],
+        keys: Mapping[tuple[str, Key], KeyRule],
     ) -> None:
         """Replace every queue and key setting at once (start-up, reload): a queue or
         key not given goes back to no limit and not paused."""
@@ -245,6 +240,7 @@ class Engine:
 
     def tick(self, now: float) -> Step:
         """Fire due timers, start what may start, and hand back everything to do."""
+        self.limits.advance(now)
         for run_id in self._wakeups.pop_due(now):
             run = self._runs[run_id]
             if run.state is DELAYED:
@@ -260,14 +256,22 @@ class Engine:
             if run.cancel_reason is None:
                 run.cancel_reason = Reason.TIMEOUT
                 self._book.cancels.append(run_id)
+        for queue, key, key_wide in self.limits.rates_passed(now):
+            if key_wide:
+                self._dispatcher.unblocked(queue, key, self.limits)
+            else:
+                self._dispatcher.queue_unblocked(queue, self.limits)
         self._dispatch(now)
         return self._book.take_step()
 
     def next_deadline(self) -> float | None:
         """When ``tick`` next has timed work to do, or None."""
-        deadlines = (self._wakeups.next_deadline(), self._timeouts.next_deadline())
-        present = [d for d in deadlines if d is not None]
-        return min(present) if present else None
+        deadlines = (
+            self._wakeups.next_deadline(),
+            self._timeouts.next_deadline(),
+            self.limits.next_rate_pass() if len(self._dispatcher) else None,  # none held back
+        )
+        return min((d for d in deadlines if d is not None), default=None)
 
     # --- inspection -------------------------------------------------------------------
 
@@ -315,7 +319,8 @@ class Engine:
             self._start(self._runs[popped.run_id], now)
 
     def _start(self, run: ActiveRun, now: float) -> None:
-        self.limits.acquire(run.id, run.queue, run.key)
+        if self.limits.acquire(run.id, run.queue, run.key):
+            self._book.counted.append(CountedStart(run.queue, run.key, now))
         if run.resume:
             reason = Reason.RESUMED
         else:
@@ -345,21 +350,11 @@ class Engine:
         )
 
     def _leave_running(self, run: ActiveRun, now: float) -> None:
+        self.limits.advance(now)
         self._timeouts.cancel(run.id)
         run.used_s += now - run.span_started_at
         self.limits.release(run.id)
         self._dispatcher.unblocked(run.queue, run.key, self.limits)
-
-    def _attempt_failed(
-        self, run: ActiveRun, now: float, error: ErrorInfo, retryable: bool, reason: Reason
-    ) -> None:
-        run.cancel_reason = None
-        if retryable and run.attempt < run.max_attempts:
-            retry_at = now + self._policy(run).retry.delay_s(run.attempt, self._rng)
-            self._book.move(run, DELAYED, now, Reason.RETRY, error=error, available_at=retry_at)
-            self._wakeups.push(run.id, retry_at)
-        else:
-            self._finish(run, FAILED, now, reason, error=error)
 
     def _interrupted(self, run: ActiveRun, now: float) -> None:
         """The attempt was cut short (shutdown, crash): run again, if attempts are left."""

@@ -12,15 +12,24 @@ Slots are borrowed by run id (as trio's CapacityLimiter does): a double acquire
 or a release of a slot that was never acquired is a bug and raises
 :class:`SlotError`. Lowering a limit never preempts: it only holds new starts
 back until the count is under it.
+
+Rate limits (:mod:`keyq.core.ratelimit`) are checked at the same two levels: a
+bucket's ``rate`` (the queue's, or a key's override) and the queue's
+``total_rate``. They depend on time, so the engine advances the limits to
+``now`` before it asks (:meth:`Limits.advance`); a check that a rate refuses
+sets a timer for when it would pass (:meth:`Limits.rates_passed`), so what it
+held back is looked at again then, never polled.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from keyq.core.model import RunId
+from keyq.core.ratelimit import Rate, StartLogs
+from keyq.core.timers import Deadlines
 from keyq.errors import SlotError
 
 Key = str | None
@@ -28,10 +37,24 @@ Key = str | None
 
 @dataclass(frozen=True, slots=True)
 class QueueLimit:
-    """A queue's limits: ``concurrency_limit`` per key, ``total_limit`` over all keys."""
+    """A queue's limits: ``concurrency_limit`` and ``rate`` per key, ``total_limit`` and
+    ``total_rate`` over all keys."""
 
     concurrency_limit: int | None = None
     total_limit: int | None = None
+    rate: Rate | None = None
+    total_rate: Rate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRule:
+    """One key's own settings in a queue: ``limit`` None is the queue's; ``rate`` is
+    the key's own when ``own_rate`` (None then: no rate limit for this key)."""
+
+    limit: int | None = None
+    paused: bool = False
+    rate: Rate | None = None
+    own_rate: bool = False
 
 
 @dataclass(slots=True)
@@ -42,6 +65,7 @@ class _QueueSlots:
     running_by_key: dict[Key, int] = field(default_factory=dict)
     key_limits: dict[Key, int] = field(default_factory=dict)
     paused_keys: set[Key] = field(default_factory=set)
+    key_rates: dict[Key, Rate | None] = field(default_factory=dict)
 
 
 class Limits:
@@ -52,6 +76,11 @@ class Limits:
         self._burst = math.floor(concurrency * burst_factor)
         self._queues: dict[str, _QueueSlots] = {}
         self._holders: dict[RunId, tuple[_QueueSlots, Key]] = {}
+        self._now = 0.0
+        self._starts = StartLogs()
+        # (queue, key, key_wide): a rate refused a start of that bucket (key_wide) or
+        # of the whole queue; due when that start would be allowed
+        self._rate_waits: Deadlines[tuple[str, Key, bool]] = Deadlines()
 
     # --- configuration ----------------------------------------------------------
 
@@ -84,10 +113,18 @@ class Limits:
         else:
             slots.key_limits[key] = limit
 
+    def set_key_rate(self, queue: str, key: Key, rate: Rate | None, *, own: bool = True) -> None:
+        """Give one key its own rate (None: none at all); ``own=False`` drops it."""
+        slots = self._slots(queue)
+        if own:
+            slots.key_rates[key] = rate
+        else:
+            slots.key_rates.pop(key, None)
+
     def configure(
         self,
         queues: Mapping[str, tuple[QueueLimit, bool]],
-        keys: Mapping[tuple[str, Key], tuple[int | None, bool]],
+        keys: Mapping[tuple[str, Key], KeyRule],
     ) -> None:
         """Replace every queue and key setting at once: a queue or key not given goes
         back to no limit and not paused (its counts are kept)."""
@@ -99,15 +136,17 @@ class Limits:
             self.set_queue(name, limit)
             self.set_queue_paused(name, paused)
         self.clear_key_settings()
-        for (queue, key), (key_limit, key_paused) in keys.items():
-            self.set_key_limit(queue, key, key_limit)
-            self.set_key_paused(queue, key, key_paused)
+        for (queue, key), rule in keys.items():
+            self.set_key_limit(queue, key, rule.limit)
+            self.set_key_paused(queue, key, rule.paused)
+            self.set_key_rate(queue, key, rule.rate, own=rule.own_rate)
 
     def clear_key_settings(self) -> None:
-        """Drop every per-key limit and pause."""
+        """Drop every per-key limit, pause and rate."""
         for slots in self._queues.values():
             slots.key_limits.clear()
             slots.paused_keys.clear()
+            slots.key_rates.clear()
 
     def set_queue_paused(self, queue: str, paused: bool) -> None:
         """Pause or resume a whole queue: a paused queue starts nothing."""
@@ -154,7 +193,10 @@ class Limits:
         slots = self._queues.get(queue)
         if slots is None:
             return self._base > 0
-        return not slots.paused and slots.running < self.queue_cap(queue)
+        if slots.paused or slots.running >= self.queue_cap(queue):
+            return False
+        total = slots.limit.total_rate
+        return total is None or self._rate_allows(queue, None, False, total)
 
     def bucket_has_room(self, queue: str, key: Key) -> bool:
         slots = self._queues.get(queue)
@@ -163,7 +205,12 @@ class Limits:
         if key in slots.paused_keys:
             return False
         limit = self.key_limit(queue, key)
-        return limit is None or slots.running_by_key.get(key, 0) < limit
+        if limit is not None and slots.running_by_key.get(key, 0) >= limit:
+            return False
+        if not slots.key_rates and slots.limit.rate is None:
+            return True  # not rated: the common case
+        rate = _bucket_rate(slots, key)
+        return rate is None or self._rate_allows(queue, key, True, rate)
 
     def can_start(self, queue: str, key: Key) -> bool:
         """True when a run of this bucket could start without breaking any level."""
@@ -173,12 +220,13 @@ class Limits:
 
     # --- borrowing ---------------------------------------------------------------
 
-    def acquire(self, run_id: RunId, queue: str, key: Key) -> None:
-        """Take one slot at every level for ``run_id``.
+    def acquire(self, run_id: RunId, queue: str, key: Key) -> bool:
+        """Take one slot at every level for ``run_id``; True if a rate counted the start
+        (the engine has it stored, so that a restart remembers it).
 
-        Refuses (SlotError) rather than exceed a limit: the dispatcher checks
-        first, and this second check is what makes "never over a limit" hold
-        even if the dispatcher had a bug.
+        Refuses (SlotError) rather than exceed a limit or a rate: the dispatcher
+        checks first, and this second check is what makes "never over a limit"
+        hold even if the dispatcher had a bug.
         """
         if run_id in self._holders:
             raise SlotError(f"run {run_id} already holds a slot")
@@ -187,11 +235,17 @@ class Limits:
         if not self.queue_has_room(queue):
             raise SlotError(f"run {run_id}: queue {queue!r} is paused or at its limit")
         if not self.bucket_has_room(queue, key):
-            raise SlotError(f"run {run_id}: key {key!r} of queue {queue!r} is paused or full")
+            raise SlotError(
+                f"run {run_id}: key {key!r} of queue {queue!r} is paused, full or at its rate"
+            )
         slots = self._slots(queue)
         slots.running += 1
         slots.running_by_key[key] = slots.running_by_key.get(key, 0) + 1
         self._holders[run_id] = (slots, key)
+        limit = slots.limit
+        if limit.rate is None and limit.total_rate is None and not slots.key_rates:
+            return False  # not rated: the common case
+        return self._count_start(slots, queue, key, self._now)
 
     def release(self, run_id: RunId) -> None:
         """Give back the slot ``run_id`` holds at every level."""
@@ -228,8 +282,77 @@ class Limits:
     def queue_names(self) -> list[str]:
         return list(self._queues)
 
+    # --- rates -------------------------------------------------------------------
+
+    def advance(self, now: float) -> None:
+        """The time rates are judged at from now on (the engine's ``now``)."""
+        if now > self._now:
+            self._now = now
+        if len(self._starts):
+            self._starts.forget_idle(self._now, self._window_of)
+
+    def rates_passed(self, now: float) -> list[tuple[str, Key, bool]]:
+        """Buckets (key_wide) and queues whose refused start a rate now allows."""
+        return self._rate_waits.pop_due(now)
+
+    def next_rate_pass(self) -> float | None:
+        """When a start a rate refused will be allowed, or None."""
+        return self._rate_waits.next_deadline()
+
+    def remember_start(self, queue: str, key: Key, at: float) -> None:
+        """A start counted before a restart, read back so no fresh burst is granted."""
+        self._count_start(self._slots(queue), queue, key, at)
+
+    def rates(self, queue: str, key: Key) -> tuple[Rate | None, Rate | None]:
+        """The bucket's rate and the queue's total rate (None: not rate-limited)."""
+        slots = self._queues.get(queue)
+        if slots is None:
+            return None, None
+        return _bucket_rate(slots, key), slots.limit.total_rate
+
+    def rate_use(self, queue: str, key: Key, key_wide: bool) -> tuple[int, float | None]:
+        """Starts in the current window, and when the next start is allowed (None: now)."""
+        rate, total = self.rates(queue, key)
+        chosen = rate if key_wide else total
+        if chosen is None:
+            return 0, None
+        log = (queue, key) if key_wide else (queue,)
+        return (
+            self._starts.count_in_window(log, chosen, self._now),
+            self._starts.next_start(log, chosen, self._now),
+        )
+
+    def _window_of(self, log: Hashable) -> float | None:
+        """The window a start log is kept for now: (queue, key) or (queue,) for the total."""
+        assert isinstance(log, tuple)
+        queue, key_wide = log[0], len(log) == 2
+        rate, total = self.rates(queue, log[1] if key_wide else None)
+        chosen = rate if key_wide else total
+        return chosen.window_s if chosen is not None else None
+
+    def _rate_allows(self, queue: str, key: Key, key_wide: bool, rate: Rate) -> bool:
+        at = self._starts.next_start((queue, key) if key_wide else (queue,), rate, self._now)
+        if at is None:
+            return True
+        self._rate_waits.push((queue, key, key_wide), at)
+        return False
+
+    def _count_start(self, slots: _QueueSlots, queue: str, key: Key, at: float) -> bool:
+        rate, total = _bucket_rate(slots, key), slots.limit.total_rate
+        if rate is not None:
+            self._starts.record((queue, key), rate, at)
+        if total is not None:
+            self._starts.record((queue,), total, at)
+        return rate is not None or total is not None
+
     def _slots(self, queue: str) -> _QueueSlots:
         slots = self._queues.get(queue)
         if slots is None:
             slots = self._queues[queue] = _QueueSlots()
         return slots
+
+
+def _bucket_rate(slots: _QueueSlots, key: Key) -> Rate | None:
+    if slots.key_rates and key in slots.key_rates:
+        return slots.key_rates[key]
+    return slots.limit.rate

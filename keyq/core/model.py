@@ -197,16 +197,27 @@ class TokenExpiry:
 
 
 @dataclass(frozen=True, slots=True)
+class CountedStart:
+    """A start a rate limit counted: stored with its transition, so that after a
+    restart the window is rebuilt and no fresh burst is granted."""
+
+    queue: str
+    concurrency_key: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
-    """What the engine decided: persist ``transitions``, ``cancel_requests`` and
-    ``expired_tokens`` in one transaction, then start ``start`` and cancel the
-    attempts in ``cancel``."""
+    """What the engine decided: persist ``transitions``, ``cancel_requests``,
+    ``expired_tokens`` and ``counted_starts`` in one transaction, then start
+    ``start`` and cancel the attempts in ``cancel``."""
 
     transitions: tuple[Transition, ...] = ()
     start: tuple[StartRun, ...] = ()
     cancel: tuple[RunId, ...] = ()
     cancel_requests: tuple[CancelRequest, ...] = ()
     expired_tokens: tuple[TokenExpiry, ...] = ()
+    counted_starts: tuple[CountedStart, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.transitions or self.start or self.cancel or self.cancel_requests)

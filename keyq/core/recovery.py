@@ -4,7 +4,8 @@
 - :func:`adopt`: stored runs exactly as they are, to operate on them with no
   daemon running (the offline cancel);
 - :func:`withdraw`: runs handed in whose commit failed, as if never triggered;
-- :func:`abandon`: a run whose record the database refused for good, failed.
+- :func:`abandon`: a run whose record the database refused for good, failed;
+- :func:`remember_starts`: the starts rate limits counted before a restart.
 
 These are the engine's own rules, kept apart from its hot path; they work on
 the engine's parts as the engine does. Pure.
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 from keyq.core.engine import Engine
 from keyq.core.model import (
     RESUME_PRIORITY,
+    CountedStart,
     ErrorInfo,
     Recovered,
     RunId,
@@ -117,3 +119,10 @@ def abandon(engine: Engine, run_id: RunId, now: float, error: ErrorInfo) -> bool
 def _queued_to_resume(engine: Engine, run: ActiveRun) -> None:
     run.resume = True
     engine._dispatcher.push(run.id, run.queue, run.key, RESUME_PRIORITY)
+
+
+def remember_starts(engine: Engine, starts: Iterable[CountedStart]) -> None:
+    """Starts that rate limits counted before the stop, oldest first: each window is
+    as full after a restart as it was before, so a restart grants no fresh burst."""
+    for start in starts:
+        engine.limits.remember_start(start.queue, start.concurrency_key, start.at)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from keyq.core.limits import Key
 from keyq.core.model import (
     CancelRequest,
+    CountedStart,
     ErrorInfo,
     RunId,
     RunSpec,
@@ -63,6 +64,7 @@ class RunBook:
         self.cancels: list[RunId] = []  # attempts to stop
         self.cancel_requests: list[CancelRequest] = []
         self.expired: list[TokenExpiry] = []  # token waits ended by their timeout
+        self.counted: list[CountedStart] = []  # starts a rate limit counted
 
     def adopt(self, spec: RunSpec) -> ActiveRun:
         run = ActiveRun(  # positional: a million of these at recovery (bench/scale)
@@ -156,12 +158,14 @@ class RunBook:
             tuple(self.cancels),
             tuple(self.cancel_requests),
             tuple(self.expired),
+            tuple(self.counted),
         )
         self.transitions.clear()
         self.starts.clear()
         self.cancels.clear()
         self.cancel_requests.clear()
         self.expired.clear()
+        self.counted.clear()
         return step
 
 

@@ -36,20 +36,19 @@ def update_queue_settings(
     concurrency_limit: int | None = UNSET,
     total_limit: int | None = UNSET,
     paused: bool = UNSET,
+    rate_limit: str | None = UNSET,
+    rate_limit_total: str | None = UNSET,
 ) -> None:
-    """Change some fields of a queue's runtime settings, keeping the others."""
+    """Change some fields of a queue's runtime settings, keeping the others (a rate
+    as text: "100/1m", "none"; None drops the override)."""
     with map_store_errors(f"updating settings of queue {queue!r}"), db.transaction(conn):
         row = conn.execute(db.QUERIES["get_queue_settings"], (queue,)).fetchone()
-        current = row if row is not None else (None, None, 0)
+        current = row if row is not None else (None, None, 0, None, None)
+        given = (concurrency_limit, total_limit, paused, rate_limit, rate_limit_total)
+        limit, total, pause, rate, rate_total = _merged(current, given)
         conn.execute(
             db.QUERIES["upsert_queue_settings"],
-            (
-                queue,
-                current[0] if concurrency_limit is UNSET else concurrency_limit,
-                current[1] if total_limit is UNSET else total_limit,
-                int(current[2] if paused is UNSET else paused),
-                now,
-            ),
+            (queue, limit, total, int(pause), rate, rate_total, now),
         )
 
 
@@ -61,21 +60,19 @@ def update_key_settings(
     *,
     concurrency_limit: int | None = UNSET,
     paused: bool = UNSET,
+    rate_limit: str | None = UNSET,
 ) -> None:
-    """Change one key's runtime limit or pause, keeping the other."""
+    """Change one key's runtime limit, pause or rate, keeping the others."""
     with map_store_errors(f"updating settings of key {key!r} in {queue!r}"), db.transaction(conn):
         row = conn.execute(db.QUERIES["get_key_settings"], (queue, key)).fetchone()
-        current = row if row is not None else (None, 0)
-        conn.execute(
-            db.QUERIES["upsert_key_settings"],
-            (
-                queue,
-                key,
-                current[0] if concurrency_limit is UNSET else concurrency_limit,
-                int(current[1] if paused is UNSET else paused),
-                now,
-            ),
-        )
+        current = row if row is not None else (None, 0, None)
+        limit, pause, rate = _merged(current, (concurrency_limit, paused, rate_limit))
+        conn.execute(db.QUERIES["upsert_key_settings"], (queue, key, limit, int(pause), rate, now))
+
+
+def _merged(current: tuple[Any, ...], given: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The stored fields, each replaced by the one given unless that is UNSET."""
+    return tuple(old if new is UNSET else new for old, new in zip(current, given, strict=True))
 
 
 def cancel_stored(conn: sqlite3.Connection, run_id: str, now: float) -> None:

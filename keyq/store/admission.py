@@ -82,6 +82,8 @@ class Admission:
         )
         self._last_seq, self._last_token_seq = snapshot.last_seq, snapshot.last_token_seq
         self.journaled = snapshot.journaled
+        counted = await self._db.counted_starts(now - self._db.rate_horizon_s)
+        recovery.remember_starts(self.engine, counted)
         for run_id, missing in recovered.children.items():
             self.engine.children_known(run_id, await self._final_children(missing), now)
         for token_id in recovered.tokens:

@@ -30,7 +30,7 @@ import anyio
 
 from keyq.config import Config
 from keyq.core.journal import Entry
-from keyq.core.model import ChildResult, NewRun, RunId, RunSpec, Step
+from keyq.core.model import ChildResult, CountedStart, NewRun, RunId, RunSpec, Step
 from keyq.core.states import ACTIVE_ORDER, RunState
 from keyq.results import WaitToken as TokenHandle
 from keyq.store import db, tokens
@@ -58,6 +58,9 @@ class Database:
 
     def __init__(self, conn: sqlite3.Connection, config: Config) -> None:
         self._conn = conn
+        # how long a counted start matters (the longest rate window in force): older
+        # ones are deleted as new ones are written
+        self.rate_horizon_s = 0.0
         self._busy_timeout_ms = max(1, int(config.lock_timeout_s * 1000))
         # The connection never waits for the write lock on the loop: an inline
         # commit finding it held raises "database is locked" at once, and goes to
@@ -167,9 +170,18 @@ class Database:
         """
         rows = rows_written(step, entries, inserts)
         what = f"recording {len(step.transitions)} transitions"
-        return await self._write(
-            what, rows, lambda: write_step(self._conn, step, entries, inserts), lock_wait_s
-        )
+        horizon = self.rate_horizon_s
+
+        def write() -> dict[RunId, int]:
+            return write_step(self._conn, step, entries, inserts, horizon)
+
+        return await self._write(what, rows, write, lock_wait_s)
+
+    async def counted_starts(self, since: float) -> list[CountedStart]:
+        """Starts rate limits counted at or after ``since``, oldest first."""
+        async with self._exclusive("reading counted starts"):
+            rows = self._conn.execute(Q["select_rate_starts"], (since,)).fetchall()
+        return [CountedStart(*r) for r in rows]
 
     async def stored_ids(self, run_ids: Sequence[RunId]) -> set[RunId]:
         """Which of these run ids have a row."""
@@ -227,8 +239,15 @@ class Database:
         async with self._exclusive("reading limit settings"):
             queues = self._conn.execute(Q["select_queue_settings"]).fetchall()
             keys = self._conn.execute(Q["select_key_settings"]).fetchall()
-        queue_cols = ("queue", "concurrency_limit", "total_limit", "paused")
-        key_cols = ("queue", "concurrency_key", "concurrency_limit", "paused")
+        queue_cols = (
+            "queue",
+            "concurrency_limit",
+            "total_limit",
+            "paused",
+            "rate_limit",
+            "rate_limit_total",
+        )
+        key_cols = ("queue", "concurrency_key", "concurrency_limit", "paused", "rate_limit")
         return (
             [dict(zip(queue_cols, r, strict=True)) for r in queues],
             [dict(zip(key_cols, r, strict=True)) for r in keys],

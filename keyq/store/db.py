@@ -22,7 +22,11 @@ from keyq.store.errors import map_store_errors
 from keyq.store.filesystems import check_database
 from keyq.store.permissions import FileAccess
 
-MIGRATIONS: tuple[str, ...] = ("001_initial.sql", "002_journal_tokens.sql")
+MIGRATIONS: tuple[str, ...] = (
+    "001_initial.sql",
+    "002_journal_tokens.sql",
+    "003_rate_limits.sql",
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -14,13 +14,14 @@ from typing import Any
 
 from keyq.config import Config
 from keyq.core.limits import QueueLimit
+from keyq.core.ratelimit import Rate, parse_rate
 from keyq.core.settings import QueueSetting, queue_settings
 from keyq.core.states import ACTIVE_ORDER, FINAL, RunState
 from keyq.errors import KeyqError, RunNotFoundError
 from keyq.registry import Queue
 from keyq.results import RunResult
 from keyq.store import db
-from keyq.store.codec import error_from_json, run_json
+from keyq.store.codec import error_from_json, iso, run_json
 from keyq.store.errors import map_store_errors
 
 STATUSES = [s.value for s in RunState]
@@ -120,8 +121,9 @@ class Inspector:
             "message": capacity_message(total["running"], burst_limit, total["queued"]),
         }
 
-    def queues(self, code: Mapping[str, Queue], config: Config) -> list[dict[str, Any]]:
-        """Every known queue: effective limits (code < config < runtime), pause, active counts."""
+    def queues(self, code: Mapping[str, Queue], config: Config, now: float) -> list[dict[str, Any]]:
+        """Every known queue: effective limits and rates (code < config < runtime), pause,
+        active counts, and the use of its total rate at ``now``."""
         with map_store_errors("reading queues"):
             stored = self._conn.execute(db.QUERIES["select_queue_settings"]).fetchall()
             counts = self._conn.execute(db.QUERIES["count_active_by_queue"]).fetchall()
@@ -131,19 +133,31 @@ class Inspector:
             active[queue][status] = count
         names = sorted(set(settings) | set(active))
         unset = QueueSetting(QueueLimit(), False)
-        return [
-            {
-                "queue": name,
-                "concurrency_limit": settings.get(name, unset).limit.concurrency_limit,
-                "total_limit": settings.get(name, unset).limit.total_limit,
-                "paused": settings.get(name, unset).paused,
-                **active[name],
-            }
-            for name in names
-        ]
+        rows = []
+        for name in names:
+            setting = settings.get(name, unset)
+            limit = setting.limit
+            starts, next_at = self._rate_use(name, None, limit.total_rate, now, key_wide=False)
+            rows.append(
+                {
+                    "queue": name,
+                    "concurrency_limit": limit.concurrency_limit,
+                    "total_limit": limit.total_limit,
+                    "rate_limit": _text(limit.rate),
+                    "rate_limit_total": _text(limit.total_rate),
+                    "paused": setting.paused,
+                    "total_rate_starts": starts,
+                    "total_rate_next_start_at": iso(next_at),
+                    **active[name],
+                }
+            )
+        return rows
 
-    def keys(self, queue: str, key_limit: int | None) -> list[dict[str, Any]]:
-        """Active keys of one queue with their counts, and whether each is at its limit."""
+    def keys(
+        self, queue: str, key_limit: int | None, key_rate: Rate | None, now: float
+    ) -> list[dict[str, Any]]:
+        """Active keys of one queue with their counts, whether each is at its limit, and
+        the use of its rate at ``now`` (``key_rate``: the queue's, unless a key has its own)."""
         with map_store_errors("reading keys"):
             counts = self._conn.execute(db.QUERIES["count_active_by_key"], (queue,)).fetchall()
             overrides = {
@@ -161,16 +175,40 @@ class Inspector:
             limit = key_limit if limit is None else limit
             paused = bool(override["paused"]) if override else False
             at_limit = paused or (limit is not None and c["running"] >= limit)
+            own = override["rate_limit"] if override else None
+            rate = key_rate if own is None else parse_rate(own, field="rate_limit")
+            starts, next_at = self._rate_use(queue, key, rate, now, key_wide=True)
             rows.append(
                 {
                     "concurrency_key": key,
                     "limit": limit,
                     "paused": paused,
                     "at_limit": at_limit,
+                    "rate_limit": _text(rate),
+                    "rate_starts": starts,
+                    "next_start_at": iso(next_at),
                     **c,
                 }
             )
         return rows
+
+    def _rate_use(
+        self, queue: str, key: str | None, rate: Rate | None, now: float, *, key_wide: bool
+    ) -> tuple[int | None, float | None]:
+        """Starts in the window ending ``now``, and when the next start is allowed (None:
+        now), from the recorded starts; (None, None) without a rate."""
+        if rate is None:
+            return None, None
+        args = (queue, int(key_wide), key, now - rate.window_s, rate.count)
+        with map_store_errors("reading rate limit use"):
+            rows = self._conn.execute(db.QUERIES["recent_rate_starts"], args).fetchall()
+        if len(rows) < rate.count:
+            return len(rows), None
+        return len(rows), rows[-1][0] + rate.window_s
+
+
+def _text(rate: Rate | None) -> str | None:
+    return str(rate) if rate is not None else None
 
 
 def capacity_message(running: int, limit: int, queued: int) -> str:

@@ -93,9 +93,12 @@ def write_step(
     step: Step,
     entries: Sequence[JournalWrite] = (),
     inserts: Sequence[NewRun] = (),
+    rate_horizon_s: float = 0.0,
 ) -> dict[RunId, int]:
     """Store runs handed in, then a step's transitions (in order), cancel requests,
-    journal entries and timed-out tokens; the seqs of the runs inserted, by id.
+    journal entries, timed-out tokens and the starts rate limits counted (forgetting
+    those older than ``rate_horizon_s``, the longest window); the seqs of the runs
+    inserted, by id.
 
     Runs handed in are known to the engine with seq 0 before their rows exist:
     their transitions and cancel requests here say 0, and get the seq their
@@ -110,12 +113,22 @@ def write_step(
         journal = [(run_id, e.position, e.kind, e.name, e.data, at) for run_id, e, at in entries]
         conn.executemany(Q["insert_journal_entry"], journal)
     _time_out(conn, step.expired_tokens)
+    if step.counted_starts:
+        counted = [(c.queue, c.concurrency_key, c.at) for c in step.counted_starts]
+        conn.executemany(Q["insert_rate_start"], counted)
+        conn.execute(Q["forget_rate_starts"], (step.counted_starts[0].at - rate_horizon_s,))
     return seqs
 
 
 def rows_written(step: Step, entries: Sequence[JournalWrite], inserts: Sequence[NewRun]) -> int:
     """How many rows :func:`write_step` writes (the daemon sends big steps to a thread)."""
-    return len(inserts) + len(step.transitions) + len(step.cancel_requests) + len(entries)
+    return (
+        len(inserts)
+        + len(step.transitions)
+        + len(step.cancel_requests)
+        + len(entries)
+        + len(step.counted_starts)
+    )
 
 
 def _with_seqs(

@@ -16,16 +16,16 @@ completions likewise while a run waits on a token.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import anyio
 
 from keyq.config import Config
 from keyq.core.engine import Engine
 from keyq.core.journal import Entry
-from keyq.core.limits import Limits
+from keyq.core.limits import Key, KeyRule, Limits
 from keyq.core.model import ChildResult, EngineStatistics, ErrorInfo, RunId, TaskPolicy
-from keyq.core.settings import key_settings, queue_settings
+from keyq.core.settings import QueueSetting, key_settings, queue_settings
 from keyq.core.states import FAILED, RunState
 from keyq.errors import StoreError
 from keyq.ids import new_token_id
@@ -194,12 +194,13 @@ class SqliteStore:
         stored_queues, stored_keys = await self._database().settings()
         code, config = self._registry.queues, self.config.queues
         queues = queue_settings(code, config, stored_queues)
-        keys: dict[tuple[str, str | None], tuple[int | None, bool]] = {
-            (k.queue, k.key): (k.limit, k.paused) for k in key_settings(stored_keys)
+        keys: dict[tuple[str, Key], KeyRule] = {
+            (k.queue, k.key): k.rule for k in key_settings(stored_keys)
         }
         limits = self.config.limits
         self.engine.set_environment(limits.concurrency, limits.burst_factor)
         self.engine.configure_limits({n: (s.limit, s.paused) for n, s in queues.items()}, keys)
+        self._database().rate_horizon_s = _longest_window(queues.values(), keys.values())
 
 
 def _nothing(exc: StoreError) -> None:
@@ -208,6 +209,13 @@ def _nothing(exc: StoreError) -> None:
 
 def _policies(registry: Registry) -> dict[str, TaskPolicy]:
     return {t.id: TaskPolicy(t.retry, t.max_duration_s) for t in registry.tasks.values()}
+
+
+def _longest_window(queues: Iterable[QueueSetting], keys: Iterable[KeyRule]) -> float:
+    """The longest rate window in force: counted starts older than it matter no more."""
+    rates = [r for s in queues for r in (s.limit.rate, s.limit.total_rate)]
+    rates += [k.rate for k in keys]
+    return max((r.window_s for r in rates if r is not None), default=0.0)
 
 
 def _with(tick: Tick, *, again: bool, next_due_at: float) -> Tick:

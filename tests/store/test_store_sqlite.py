@@ -449,9 +449,24 @@ async def test_settings__returns_runtime_overrides(
     conn.commit()
     conn.close()
     queues, keys = await store.settings()
-    assert queues == [{"queue": "free", "concurrency_limit": 1, "total_limit": None, "paused": 0}]
+    assert queues == [
+        {
+            "queue": "free",
+            "concurrency_limit": 1,
+            "total_limit": None,
+            "paused": 0,
+            "rate_limit": None,
+            "rate_limit_total": None,
+        }
+    ]
     assert keys == [
-        {"queue": "free", "concurrency_key": "u-1", "concurrency_limit": 5, "paused": 1}
+        {
+            "queue": "free",
+            "concurrency_key": "u-1",
+            "concurrency_limit": 5,
+            "paused": 1,
+            "rate_limit": None,
+        }
     ]
 
 

@@ -36,6 +36,8 @@ burst_factor = 1.5
 [queues.user-analysis]
 concurrency_limit = 2
 total_limit = 40
+rate_limit = "100/60s"
+rate_limit_total = "none"
 
 [queues."free-users"]
 concurrency_limit = 1
@@ -111,7 +113,9 @@ def test_config__every_documented_key_is_parsed(tmp_path: Path) -> None:
     assert cfg.limits == LimitsConfig(concurrency=50, burst_factor=1.5)
     assert cfg.limits.burst == 75
     assert dict(cfg.queues) == {
-        "user-analysis": QueueConfig(concurrency_limit=2, total_limit=40),
+        "user-analysis": QueueConfig(
+            concurrency_limit=2, total_limit=40, rate_limit="100/1m", rate_limit_total="none"
+        ),
         "free-users": QueueConfig(concurrency_limit=1, paused=True),
     }
     assert cfg.retention == RetentionConfig(
@@ -185,6 +189,9 @@ def test_config__unknown_nested_key_lists_the_known_ones() -> None:
         ("[queues]\nx = 1\n", "queues.x"),
         ("[queues.x]\nconcurrency_limit = '2'\n", "queues.x.concurrency_limit"),
         ("[queues.x]\npaused = 'yes'\n", "queues.x.paused"),
+        ("[queues.x]\nrate_limit = 100\n", "queues.x.rate_limit"),
+        ("[queues.x]\nrate_limit = '100 per minute'\n", "queues.x.rate_limit"),
+        ("[queues.x]\nrate_limit_total = '0/1m'\n", "queues.x.rate_limit_total"),
         ('[queues."bad name"]\nconcurrency_limit = 1\n', "queues.bad name"),
         ('[queues."newline\\n"]\nconcurrency_limit = 1\n', "queues.newline"),
         ("[retention]\nfailed = '7 days'\n", "retention.failed"),

@@ -23,7 +23,7 @@ from hypothesis.stateful import (
 )
 
 from keyq.core.engine import Engine
-from keyq.core.limits import Key, Limits, QueueLimit
+from keyq.core.limits import Key, KeyRule, Limits, QueueLimit
 from keyq.core.model import (
     Cancelled,
     ChildResult,
@@ -38,6 +38,7 @@ from keyq.core.model import (
     WaitChildren,
     WaitUntil,
 )
+from keyq.core.ratelimit import Rate
 from keyq.core.retry import Retry
 from keyq.core.states import CANCELED, COMPLETED, DELAYED, FAILED, FINAL, QUEUED, RUNNING, RunState
 
@@ -50,10 +51,13 @@ POLICIES = {
 }
 BOOM = ErrorInfo("RuntimeError", "boom")
 
+RATES = [Rate(1, 5), Rate(2, 10), Rate(3, 2.5)]
 queue_limits = st.builds(
     QueueLimit,
     concurrency_limit=st.sampled_from([None, 0, 1, 2, 3]),
     total_limit=st.sampled_from([None, 1, 2, 4]),
+    rate=st.sampled_from([None, None, *RATES]),
+    total_rate=st.sampled_from([None, None, None, Rate(3, 10)]),
 )
 
 
@@ -71,6 +75,11 @@ class EngineMachine(RuleBasedStateMachine):
         self.key_limit: dict[tuple[str, Key], int] = {}
         self.paused_queues: set[str] = set()
         self.paused_keys: set[tuple[str, Key]] = set()
+        self.key_rate: dict[tuple[str, Key], Rate | None] = {}  # a key's own rate
+        # every start, and from which of them each queue's rates are as they are: a
+        # changed rate counts from the change (starts before it may count less, never more)
+        self.starts: list[tuple[str, Key, float]] = []
+        self.rates_since: dict[str, int] = dict.fromkeys(QUEUES, 0)
         # the runs, as the transitions describe them
         self.specs: dict[str, RunSpec] = {}
         self.state: dict[str, RunState] = {}
@@ -152,7 +161,13 @@ class EngineMachine(RuleBasedStateMachine):
         key_limit = self.key_limit.get((queue, key), limit.concurrency_limit)
         cap = self.base if limit.total_limit is None else min(limit.total_limit, self.base)
         burst = math.floor(self.base * self.burst_factor)
+        rate = self.key_rate.get((queue, key), limit.rate)
         problems = {
+            f"rate {rate}": rate is not None
+            and self._started_within(queue, key, rate) >= rate.count,
+            f"total rate {limit.total_rate}": limit.total_rate is not None
+            and self._started_within(queue, None, limit.total_rate, key_wide=False)
+            >= limit.total_rate.count,
             "queue paused": queue in self.paused_queues,
             "key paused": (queue, key) in self.paused_keys,
             f"key limit {key_limit}": key_limit is not None and in_bucket >= key_limit,
@@ -160,6 +175,17 @@ class EngineMachine(RuleBasedStateMachine):
             f"burst {burst}": len(self.running) >= burst,
         }
         self.violations += [f"{run_id} started past {p}" for p, bad in problems.items() if bad]
+        self.starts.append((queue, key, self.now))
+
+    def _started_within(self, queue: str, key: Key, rate: Rate, key_wide: bool = True) -> int:
+        """Starts of the bucket (or of the whole queue) in the window ending now, counted
+        from the last change of the queue's rates."""
+        window_start = self.now - rate.window_s
+        return sum(
+            1
+            for q, k, at in self.starts[self.rates_since[queue] :]
+            if q == queue and (not key_wide or k == key) and at > window_start
+        )
 
     def _observe_start(self, start: StartRun) -> None:
         spec = self.specs[start.run_id]
@@ -223,7 +249,9 @@ class EngineMachine(RuleBasedStateMachine):
         first = step.transitions[0]
         assert (first.run_id, first.from_) == (run_id, RUNNING)
         if isinstance(outcome, Completed) and stopping:
-            assert first.to is COMPLETED or first.reason == "timeout"  # a timeout wins
+            # a timeout wins: the attempt failed (and is retried if attempts are left)
+            timed_out = first.error is not None and first.error.type == "Timeout"
+            assert first.to is COMPLETED or timed_out
         elif isinstance(outcome, Completed):
             assert (first.to, first.result) == (COMPLETED, '"done"')
         elif isinstance(outcome, Failed) and not outcome.retryable:
@@ -285,15 +313,24 @@ class EngineMachine(RuleBasedStateMachine):
         }
         unresolved = self.engine.unresolved_children(waiter, targets)
         assert set(unresolved) <= set(final)
-        self.watched.update(t for t in targets if t not in final)
-        self.awaiting[waiter] = targets
-        self.engine.wait(waiter, WaitChildren(targets), self.now, {t: final[t] for t in unresolved})
+        known = {t: final[t] for t in unresolved}
+        if self.engine.wait(waiter, WaitChildren(targets), self.now, known):
+            self.watched.update(t for t in targets if t not in final)
+            self.awaiting[waiter] = targets
+        else:  # the attempt is being stopped: its outcome decides, the wait never began
+            assert waiter in self.cancel_asked
         self._tick()
 
     def _wait_children(self, parent: str) -> None:
         children = tuple(self.spawned.pop(parent))
-        self.awaiting[parent] = children
-        self.engine.wait(parent, WaitChildren(children), self.now)
+        # as the shell does: children the engine cannot follow are read from the store
+        unresolved = self.engine.unresolved_children(parent, children)
+        assert all(self.state[c] in FINAL for c in unresolved)
+        known = {c: ChildResult(c, self.state[c], None, None) for c in unresolved}
+        if self.engine.wait(parent, WaitChildren(children), self.now, known):
+            self.awaiting[parent] = children
+        else:  # the attempt is being stopped: its outcome decides, the wait never began
+            assert parent in self.cancel_asked
 
     @precondition(lambda self: self._active())
     @rule(data=st.data())
@@ -303,9 +340,11 @@ class EngineMachine(RuleBasedStateMachine):
         was = self.state[run_id]
         self.engine.cancel(run_id, self.now)
         step = self._tick()
-        if was is not RUNNING:
-            assert step.transitions[0].run_id == run_id
-            assert step.transitions[0].to is CANCELED
+        if was is not RUNNING:  # it ends now, after its active children (cancelled first,
+            # which may resume a waiting parent on its way to CANCELED)
+            ends = [t.to for t in step.transitions if t.run_id == run_id]
+            assert ends[-1] is CANCELED
+            assert ends.count(CANCELED) == 1
 
     @precondition(lambda self: self.finals)
     @rule(data=st.data())
@@ -325,6 +364,22 @@ class EngineMachine(RuleBasedStateMachine):
     def set_queue_limit(self, queue: str, limit: QueueLimit) -> None:
         self._begin()
         self.queue_limit[queue] = limit
+        self.rates_since[queue] = len(self.starts)
+        self._apply_settings()
+        self._tick()
+
+    @rule(
+        queue=st.sampled_from(QUEUES),
+        key=st.sampled_from(KEYS),
+        rate=st.sampled_from(["inherit", None, *RATES]),
+    )
+    def set_key_rate(self, queue: str, key: Key, rate: Rate | str | None) -> None:
+        self._begin()
+        if isinstance(rate, str):
+            self.key_rate.pop((queue, key), None)
+        else:
+            self.key_rate[(queue, key)] = rate
+        self.rates_since[queue] = len(self.starts)
         self._apply_settings()
         self._tick()
 
@@ -382,8 +437,13 @@ class EngineMachine(RuleBasedStateMachine):
         """Every queue's and key's setting at once, as the daemon applies a reload."""
         queues = {q: (self.queue_limit[q], q in self.paused_queues) for q in QUEUES}
         keys = {
-            k: (self.key_limit.get(k), k in self.paused_keys)
-            for k in set(self.key_limit) | self.paused_keys
+            k: KeyRule(
+                self.key_limit.get(k),
+                k in self.paused_keys,
+                self.key_rate.get(k),
+                own_rate=k in self.key_rate,
+            )
+            for k in set(self.key_limit) | self.paused_keys | set(self.key_rate)
         }
         self.engine.configure_limits(queues, keys)
 
@@ -425,6 +485,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.paused_queues.clear()
         self.key_limit.clear()
         self.paused_keys.clear()
+        self.key_rate.clear()
         self._apply_settings()
         for _ in range(200):
             if not len(self.engine):

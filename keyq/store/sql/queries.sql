@@ -23,25 +23,45 @@ ON CONFLICT (queue) DO UPDATE SET concurrency_limit = excluded.concurrency_limit
                                   updated_at = excluded.updated_at;
 
 -- name: upsert_queue_settings
-INSERT INTO queue_settings (queue, concurrency_limit, total_limit, paused, updated_at)
-VALUES (?, ?, ?, ?, ?)
+INSERT INTO queue_settings (queue, concurrency_limit, total_limit, paused, rate_limit,
+                            rate_limit_total, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (queue) DO UPDATE SET concurrency_limit = excluded.concurrency_limit,
                                   total_limit = excluded.total_limit,
                                   paused = excluded.paused,
+                                  rate_limit = excluded.rate_limit,
+                                  rate_limit_total = excluded.rate_limit_total,
                                   updated_at = excluded.updated_at;
 
 -- name: upsert_key_settings
-INSERT INTO key_settings (queue, concurrency_key, concurrency_limit, paused, updated_at)
-VALUES (?, ?, ?, ?, ?)
+INSERT INTO key_settings (queue, concurrency_key, concurrency_limit, paused, rate_limit,
+                          updated_at)
+VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (queue, concurrency_key) DO UPDATE SET concurrency_limit = excluded.concurrency_limit,
                                                    paused = excluded.paused,
+                                                   rate_limit = excluded.rate_limit,
                                                    updated_at = excluded.updated_at;
 
 -- name: select_queue_settings
-SELECT queue, concurrency_limit, total_limit, paused FROM queue_settings;
+SELECT queue, concurrency_limit, total_limit, paused, rate_limit, rate_limit_total
+FROM queue_settings;
 
 -- name: select_key_settings
-SELECT queue, concurrency_key, concurrency_limit, paused FROM key_settings;
+SELECT queue, concurrency_key, concurrency_limit, paused, rate_limit FROM key_settings;
+
+-- name: insert_rate_start
+INSERT INTO rate_starts (queue, concurrency_key, at) VALUES (?, ?, ?);
+
+-- name: forget_rate_starts
+DELETE FROM rate_starts WHERE at < ?;
+
+-- name: select_rate_starts
+SELECT queue, concurrency_key, at FROM rate_starts WHERE at >= ? ORDER BY at;
+
+-- name: recent_rate_starts
+SELECT at FROM rate_starts
+WHERE queue = ?1 AND (?2 = 0 OR concurrency_key IS ?3) AND at > ?4
+ORDER BY at DESC LIMIT ?5;
 
 -- name: select_new_runs
 SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_attempts, payload,
@@ -108,10 +128,12 @@ ORDER BY seq DESC LIMIT ?5;
 SELECT queue, concurrency_key, status, COUNT(*) FROM runs GROUP BY queue, concurrency_key, status;
 
 -- name: get_queue_settings
-SELECT concurrency_limit, total_limit, paused FROM queue_settings WHERE queue = ?;
+SELECT concurrency_limit, total_limit, paused, rate_limit, rate_limit_total
+FROM queue_settings WHERE queue = ?;
 
 -- name: get_key_settings
-SELECT concurrency_limit, paused FROM key_settings WHERE queue = ? AND concurrency_key = ?;
+SELECT concurrency_limit, paused, rate_limit FROM key_settings
+WHERE queue = ? AND concurrency_key = ?;
 
 -- name: get_run_status
 SELECT status, attempt FROM runs WHERE id = ?;
