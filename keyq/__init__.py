@@ -49,5 +49,6 @@ from keyq.results import RunResult as RunResult
 from keyq.results import TokenResult as TokenResult
 from keyq.results import TokenTimeoutError as TokenTimeoutError
 from keyq.results import WaitToken as WaitToken
+from keyq.schedules import Schedule as Schedule
 
 __version__ = "0.1.0"

@@ -129,6 +129,20 @@ class Client:
         """Known queues with effective limits, pause state and active counts."""
         return self.inspector.queues(self.registry.queues, self.config, self._clock.now())
 
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule the daemon was given (gone ones too): next fire, last tick."""
+        return self.inspector.schedules(self._clock.now())
+
+    def pause_schedule(self, schedule_id: str, *, paused: bool = True) -> None:
+        """Pause (or with ``paused=False`` resume) a schedule; stored, applied live.
+        Ticks that fall while it is paused never fire, not even on resume."""
+        if not self._store.set_schedule_paused(schedule_id, paused, self._clock.now()):
+            raise KeyqError(
+                f"no schedule {schedule_id!r} is stored (the daemon stores its schedules "
+                "when it starts; `keyq schedules list` shows them)"
+            )
+        self._settings_changed()
+
     def keys(self, queue: str) -> list[dict[str, Any]]:
         """The active keys of a queue, busiest backlog first, and which are at their limit."""
         setting = {q["queue"]: q for q in self.queues()}.get(queue)

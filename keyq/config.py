@@ -24,6 +24,7 @@ from keyq.core.bounds import check_name
 from keyq.core.durations import parse_duration
 from keyq.core.ratelimit import parse_rate
 from keyq.errors import ConfigError, DefinitionError
+from keyq.schedules import Schedule, from_table
 
 Durability = Literal["full", "normal"]
 LogFormat = Literal["auto", "json", "console"]
@@ -98,6 +99,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     log: LogConfig = field(default_factory=LogConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    schedules: tuple[Schedule, ...] = ()  # [[schedules]]
     source: Path | None = None  # the file this came from, if any
 
     def with_database(self, database: str | Path) -> Config:
@@ -216,6 +218,20 @@ def _modules(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _schedule_list(key: str, value: Any) -> tuple[Schedule, ...]:
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError(f"{key}: expected [[schedules]] tables")
+    try:
+        schedules = tuple(from_table(i, t) for i, t in enumerate(value))
+    except DefinitionError as exc:
+        raise ConfigError(str(exc)) from None
+    ids = [s.id for s in schedules]
+    for i, schedule_id in enumerate(ids):
+        if schedule_id in ids[:i]:
+            raise ConfigError(f"schedules[{i}].id: {schedule_id!r} is used twice")
+    return schedules
+
+
 def _table(key: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{key} must be a table, got {value!r}")
@@ -248,6 +264,7 @@ _TOP: dict[str, Validator] = {
     "retention": _table,
     "log": _table,
     "security": _table,
+    "schedules": _schedule_list,
 }
 _LIMITS: dict[str, Validator] = {"concurrency": _int(1), "burst_factor": _factor}
 _QUEUE: dict[str, Validator] = {
@@ -272,6 +289,7 @@ _LOG: dict[str, Validator] = {
 
 def _build(data: dict[str, Any], source: Path | None) -> Config:
     top = _fields("", data, _TOP)
+    schedules = top.pop("schedules", ())
     limits = LimitsConfig(**_fields("limits.", top.pop("limits", {}), _LIMITS))
     queues = _queues(top.pop("queues", {}))
     retention = _fields("retention.", top.pop("retention", {}), _RETENTION)
@@ -293,6 +311,7 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
         retention=RetentionConfig(**{f"{k}_s": v for k, v in retention.items()}),
         log=log,
         security=security,
+        schedules=schedules,
         source=source,
         **top,
     )

@@ -15,13 +15,23 @@ import inspect
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from keyq.cadence import utc
 from keyq.core import bounds
 from keyq.core.durations import parse_duration
 from keyq.core.journal import Entry, Journal, Kind, ReplayMismatchError
-from keyq.core.model import ChildResult, StartRun, Wait, WaitChildren, WaitForToken, WaitUntil
+from keyq.core.model import (
+    ChildResult,
+    ScheduleTick,
+    StartRun,
+    Wait,
+    WaitChildren,
+    WaitForToken,
+    WaitUntil,
+)
 from keyq.errors import TriggerError, WaitError
 from keyq.registry import TriggerRequest
 from keyq.results import RunHandle, RunResult, TokenResult
@@ -127,8 +137,27 @@ def _resume_at(at: float) -> float:
     return max(at, bounds.MIN_INSTANT)
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """``ctx.schedule`` of a run a schedule fired: which schedule, and for which tick."""
+
+    id: str
+    tick: datetime  # aware, UTC
+    previous: datetime | None  # the schedule's tick before this one, if it had one
+
+    @classmethod
+    def of(cls, tick: ScheduleTick | None) -> ScheduleInfo | None:
+        if tick is None:
+            return None
+        previous = utc(tick.previous) if tick.previous is not None else None
+        return cls(tick.id, utc(tick.tick), previous)
+
+
 class Context:
-    """The run a task function is executing: its ids, its waits and its steps."""
+    """The run a task function is executing: its ids, its waits and its steps.
+
+    ``schedule`` is the :class:`ScheduleInfo` of a run a schedule fired, else None.
+    """
 
     def __init__(self, start: StartRun, host: AttemptHost, journal: Journal | None = None) -> None:
         self.run_id = start.run_id
@@ -136,6 +165,7 @@ class Context:
         self.queue = start.queue
         self.concurrency_key = start.concurrency_key
         self.attempt = start.attempt
+        self.schedule = ScheduleInfo.of(start.schedule)
         self.wait = Waits(self)
         self._host = host
         self._journal = journal if journal is not None else Journal()

@@ -23,6 +23,7 @@ from keyq.core.ratelimit import Rate, parse_rate
 from keyq.core.retry import DEFAULT_RETRY, Retry
 from keyq.errors import DefinitionError, KeyqError, TriggerError, UnknownTaskError, WaitError
 from keyq.results import RunHandle, RunResult
+from keyq.schedules import Schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,7 @@ class Registry:
     def __init__(self) -> None:
         self.tasks: dict[str, Task] = {}
         self.queues: dict[str, Queue] = {}
+        self.schedules: dict[str, Schedule] = {}
 
     def queue(
         self,
@@ -131,11 +133,17 @@ class Registry:
         queue: Queue | str | None = None,
         retry: Retry | None = None,
         max_duration: float | timedelta | None = None,
+        cron: str | None = None,
+        every: float | str | timedelta | None = None,
+        tz: str = "UTC",
+        schedules: Sequence[Schedule] = (),
     ) -> Any:
         """Decorator registering an async (or sync, run in a thread) function as a task.
 
         ``@task(id="send-email", queue=..., retry=..., max_duration=300)``, or bare
-        ``@task`` to use the function's name as the id.
+        ``@task`` to use the function's name as the id. ``cron="*/5 * * * *"``
+        with ``tz``, or ``every="30s"``, schedules it (a schedule whose id is the
+        task's); ``schedules=[keyq.Schedule(...), ...]`` gives it several.
         """
         if callable(id):
             return self.task()(id)
@@ -144,11 +152,24 @@ class Registry:
             task_id = check_name("task id", id if id is not None else fn.__name__)
             q = self._queue_for(task_id, queue)
             budget = _max_duration(task_id, max_duration)
+            own = [Schedule(task_id, cron, every, tz)] if (cron, every) != (None, None) else []
+            attached = [s.for_task(task_id) for s in [*own, *schedules]]
             task = Task(task_id, fn, q, retry or DEFAULT_RETRY, budget)
             self._add(task)
+            for schedule in attached:
+                self.add_schedule(schedule)
             return task
 
         return register
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        """Register a schedule attached to a task (``@task`` does it)."""
+        existing = self.schedules.get(schedule.id)
+        if existing is not None and existing != schedule:
+            raise DefinitionError(
+                f"schedule id {schedule.id!r} is already used by task {existing.task!r}"
+            )
+        self.schedules[schedule.id] = schedule
 
     def get(self, task_id: str) -> Task:
         try:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from keyq.cli import common, limits, runs, serving
+from keyq.cli import common, limits, runs, schedules, serving
 
 app = typer.Typer(
     name="keyq",
@@ -30,7 +30,11 @@ tokens_app = typer.Typer(
     help="Waitpoint tokens: list them; complete one to resume the runs waiting on it.",
     no_args_is_help=True,
 )
+schedules_app = typer.Typer(
+    help="Schedules (cron and every): list them; pause and resume them.", no_args_is_help=True
+)
 app.add_typer(runs_app, name="runs")
+app.add_typer(schedules_app, name="schedules")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(queues_app, name="queues")
 app.add_typer(keys_app, name="keys")
@@ -76,3 +80,6 @@ queues_app.command("resume")(limits.queues_resume)
 keys_app.callback(invoke_without_command=True)(limits.keys_list)
 keys_app.command("set-limit")(limits.keys_set_limit)
 keys_app.command("set-rate")(limits.keys_set_rate)
+schedules_app.command("list")(schedules.schedules_list)
+schedules_app.command("pause")(schedules.schedules_pause)
+schedules_app.command("resume")(schedules.schedules_resume)

@@ -190,3 +190,27 @@ def render_stats(stats: dict[str, Any]) -> str:
         if len(stats["keys"]) > 50:
             lines.append(f"... and {len(stats['keys']) - 50} more keys (see --json)")
     return "\n".join(lines)
+
+
+def render_schedules(schedules: list[dict[str, Any]]) -> str:
+    if not schedules:
+        return "no schedules stored (the daemon stores its schedules when it starts)"
+    rows = [
+        (
+            s["id"],
+            s["task"],
+            s["cadence"],
+            s["tz"],
+            "gone" if s["gone"] else ("paused" if s["paused"] else ""),
+            _when(s["next_fire_at"]),
+            _when(s["last_tick"]),
+            f"{s['last_run_id']} {s['last_run_status'] or 'deleted'}" if s["last_run_id"] else "",
+        )
+        for s in schedules
+    ]
+    headers = ("ID", "TASK", "CRON / EVERY", "TZ", "STATE", "NEXT FIRE", "LAST TICK", "LAST RUN")
+    return table(headers, rows)
+
+
+def _when(at: str | None) -> str:
+    return at[:19].replace("T", " ") + "Z" if at else ""

@@ -75,6 +75,16 @@ class NewRun:
     created_at: float
     available_at: float
     state: RunState
+    schedule: ScheduleTick | None = None  # the tick a schedule fired this run for
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTick:
+    """The schedule tick a run was fired for (``ctx.schedule``, the run's JSON)."""
+
+    id: str
+    tick: float
+    previous: float | None
 
 
 @dataclass(slots=True)  # not frozen: built per run, and a frozen __init__ costs 4x
@@ -174,6 +184,7 @@ class StartRun:
     children: tuple[ChildResult, ...] = ()
     claim: int = 0  # the attempt's fence: every event about it carries this number
     replay: bool = False  # the run has recorded waits or steps: a fresh start replays them
+    schedule: ScheduleTick | None = None  # set by the store for a scheduled run
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,6 +222,12 @@ class Admission:
             raise TriggerError(f"parent_id: no run {missing[0]!r}")
         return stored
 
+    def fire(self, runs: list[NewRun], reply: Reply[None]) -> None:
+        """Runs a schedule fired: stored with this step, each claiming its tick."""
+        adopted = [r for r in runs if self.engine.submit(spec_from_new(r))]
+        if adopted:
+            self._hand_ins.append(HandIn(adopted, reply, None))
+
     def _settings(self, event: SettingsChanged, now: float) -> None:
         self.settings_changed = True
         self._replies.append((None, event.reply))

@@ -116,7 +116,13 @@ def new_run_params(run: NewRun) -> tuple[Any, ...]:
         run.created_at,
         run.available_at,
         event_line(run.created_at, None, run.state, Reason.TRIGGERED, 0),
+        *_schedule_params(run),
     )
+
+
+def _schedule_params(run: NewRun) -> tuple[str | None, float | None, float | None]:
+    s = run.schedule
+    return (None, None, None) if s is None else (s.id, s.tick, s.previous)
 
 
 def transition_params(t: Transition) -> tuple[Any, ...]:
@@ -198,6 +204,12 @@ def spec_from_new(run: NewRun) -> RunSpec:
     )
 
 
+def _schedule_json(row: sqlite3.Row) -> dict[str, Any] | None:
+    if row["schedule_id"] is None:
+        return None
+    return {"id": row["schedule_id"], "tick": iso(row["schedule_tick"])}
+
+
 def run_json(row: sqlite3.Row, *, events: bool = False) -> dict[str, Any]:
     """The public JSON of a run (SPEC §9); ``events`` adds the timeline."""
     error = error_from_json(row["error"])
@@ -220,6 +232,7 @@ def run_json(row: sqlite3.Row, *, events: bool = False) -> dict[str, Any]:
         "available_at": iso(row["available_at"]),
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
+        "schedule": _schedule_json(row),
     }
     if events:
         data["events"] = [

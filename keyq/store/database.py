@@ -30,10 +30,19 @@ import anyio
 
 from keyq.config import Config
 from keyq.core.journal import Entry
-from keyq.core.model import ChildResult, CountedStart, NewRun, RunId, RunSpec, Step
+from keyq.core.model import (
+    ChildResult,
+    CountedStart,
+    NewRun,
+    RunId,
+    RunSpec,
+    ScheduleTick,
+    Step,
+)
 from keyq.core.states import ACTIVE_ORDER, RunState
 from keyq.results import WaitToken as TokenHandle
-from keyq.store import db, tokens
+from keyq.schedules import Schedule
+from keyq.store import db, schedule_rows, tokens
 from keyq.store.codec import error_from_json, spec_from_row
 from keyq.store.errors import is_busy, map_store_errors
 from keyq.store.runs import JournalWrite, rows_written, write_step
@@ -252,3 +261,18 @@ class Database:
             [dict(zip(queue_cols, r, strict=True)) for r in queues],
             [dict(zip(key_cols, r, strict=True)) for r in keys],
         )
+
+    async def define_schedules(
+        self, schedules: Sequence[Schedule], now: float
+    ) -> list[schedule_rows.ScheduleRow]:
+        """Store the schedules in force (the others are marked gone); every stored one."""
+
+        def write() -> list[schedule_rows.ScheduleRow]:
+            schedule_rows.define(self._conn, schedules, now)
+            return schedule_rows.rows(self._conn)
+
+        return await self._write("storing schedules", len(schedules) + 1, write)
+
+    async def active_scheduled(self) -> dict[RunId, ScheduleTick]:
+        async with self._exclusive("reading scheduled runs"):
+            return schedule_rows.active_scheduled(self._conn)

@@ -26,6 +26,7 @@ MIGRATIONS: tuple[str, ...] = (
     "001_initial.sql",
     "002_journal_tokens.sql",
     "003_rate_limits.sql",
+    "004_schedules.sql",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -17,7 +17,7 @@ from typing import Any
 from keyq.config import Config
 from keyq.core.model import NewRun, RunId
 from keyq.errors import DatabaseBusyError
-from keyq.store import admin, db, tokens
+from keyq.store import admin, db, schedule_rows, tokens
 from keyq.store.errors import map_store_errors
 from keyq.store.instance import InstanceLock, lock_path, read_pid
 from keyq.store.runs import insert_runs
@@ -66,6 +66,11 @@ class LocalStore:
     def update_key_settings(self, queue: str, key: str, now: float, **fields: Any) -> None:
         with self._locked() as conn:
             admin.update_key_settings(conn, queue, key, now, **fields)
+
+    def set_schedule_paused(self, schedule_id: str, paused: bool, now: float) -> bool:
+        """Pause or resume a stored schedule; False if none has that id."""
+        with self._locked() as conn, db.transaction(conn):
+            return schedule_rows.set_paused(conn, schedule_id, paused, now)
 
     def create_token(
         self, token_id: str, idempotency_key: str | None, now: float, timeout_at: float | None

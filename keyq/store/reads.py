@@ -20,7 +20,7 @@ from keyq.core.states import ACTIVE_ORDER, FINAL, RunState
 from keyq.errors import KeyqError, RunNotFoundError
 from keyq.registry import Queue
 from keyq.results import RunResult
-from keyq.store import db
+from keyq.store import db, schedule_rows
 from keyq.store.codec import error_from_json, iso, run_json
 from keyq.store.errors import map_store_errors
 
@@ -152,6 +152,11 @@ class Inspector:
                 }
             )
         return rows
+
+    def schedules(self, now: float) -> list[dict[str, Any]]:
+        """Every schedule the daemon was given, gone ones included (``schedules list``)."""
+        with map_store_errors("reading schedules"):
+            return schedule_rows.listing(self._conn, now)
 
     def keys(
         self, queue: str, key_limit: int | None, key_rate: Rate | None, now: float

@@ -34,6 +34,7 @@ def insert_runs(conn: sqlite3.Connection, runs: Sequence[NewRun]) -> list[RunId]
     standing, fresh = _resolve_idempotency(conn, runs)
     conn.executemany(Q["insert_run"], [new_run_params(r) for r in fresh])
     _store_queue_limits(conn, fresh)
+    _claim_ticks(conn, fresh)
     return standing
 
 
@@ -42,6 +43,7 @@ def _insert_with_seqs(conn: sqlite3.Connection, runs: Sequence[NewRun]) -> dict[
     _, fresh = _resolve_idempotency(conn, runs)
     seqs = {r.id: _insert_one(conn, r) for r in fresh}
     _store_queue_limits(conn, fresh)
+    _claim_ticks(conn, fresh)
     return seqs
 
 
@@ -73,6 +75,14 @@ def _store_queue_limits(conn: sqlite3.Connection, runs: Sequence[NewRun]) -> Non
     }
     if overrides:
         conn.executemany(Q["set_queue_limit_from_trigger"], overrides.values())
+
+
+def _claim_ticks(conn: sqlite3.Connection, runs: Sequence[NewRun]) -> None:
+    """A scheduled run's row is its tick's claim (a unique index); the schedule
+    remembers its last claimed tick in the same transaction."""
+    claims = [(r.schedule.id, r.schedule.tick, r.id, r.created_at) for r in runs if r.schedule]
+    if claims:
+        conn.executemany(Q["claim_schedule_tick"], claims)
 
 
 def _find_idempotent(conn: sqlite3.Connection, scope: tuple[str, str]) -> str | None:

@@ -24,9 +24,10 @@ from keyq.config import Config
 from keyq.core.engine import Engine
 from keyq.core.journal import Entry
 from keyq.core.limits import Key, KeyRule, Limits
-from keyq.core.model import ChildResult, EngineStatistics, ErrorInfo, RunId, TaskPolicy
+from keyq.core.model import ChildResult, EngineStatistics, ErrorInfo, NewRun, RunId, TaskPolicy
 from keyq.core.settings import QueueSetting, key_settings, queue_settings
 from keyq.core.states import FAILED, RunState
+from keyq.core.timetable import Fire
 from keyq.errors import StoreError
 from keyq.ids import new_token_id
 from keyq.logs import get_logger
@@ -38,6 +39,7 @@ from keyq.store.instance import InstanceLock
 from keyq.store.permissions import FileAccess, database_files
 from keyq.store.protocol import Event, Tick
 from keyq.store.recorder import Recorder
+from keyq.store.scheduling import Scheduling
 
 POLL_INTERVAL_S = 2.0  # safety net for a lost poke; pokes are the normal path
 
@@ -62,6 +64,7 @@ class SqliteStore:
         self._admission: Admission | None = None
         self._poked = True
         self._next_poll_at = 0.0
+        self._scheduling = Scheduling(registry, self._log)
 
     # --- ownership ------------------------------------------------------------------------
 
@@ -85,6 +88,8 @@ class SqliteStore:
             self._admission = Admission(self._db, self.engine, recorder, self._log)
             await self._read_settings()
             await self._admission.recover(now)
+            await self._scheduling.recover(self._db)
+            await self._scheduling.load(self._db, self.config, now)
         except BaseException:
             await self.close()
             raise
@@ -107,9 +112,13 @@ class SqliteStore:
         await admission.apply(events, now)
         if admission.settings_changed:
             await self._read_settings()
+            await self._scheduling.load(self._database(), self.config, now)
+        self._fire(admission, now)
         tick = await admission.record(self.engine.tick(now), now)
-        due = [d for d in (self.engine.next_deadline(), self._next_poll_at) if d is not None]
-        return _with(tick, again=self._poked, next_due_at=min(due))
+        self._scheduling.annotate(tick.started, tick.transitions)
+        due = [self.engine.next_deadline(), self._scheduling.timetable.next_deadline()]
+        next_due_at = min([d for d in due if d is not None], default=self._next_poll_at)
+        return _with(tick, again=self._poked, next_due_at=min(next_due_at, self._next_poll_at))
 
     def poke(self) -> None:
         self._poked = True
@@ -175,6 +184,13 @@ class SqliteStore:
             raise StoreError("the store is not open")
         return self._admission
 
+    def _fire(self, admission: Admission, now: float) -> None:
+        """Hand the runs of due schedule ticks in with this step."""
+        fired = self._scheduling.due(now, self.config.max_payload_bytes)
+        if fired:
+            fires, runs = [f for f, _ in fired], [r for _, r in fired]
+            admission.fire(runs, _Unclaimed(self._scheduling, fires, runs))
+
     def _database(self) -> Database:
         if self._db is None:
             raise StoreError("the store is not open")
@@ -201,6 +217,19 @@ class SqliteStore:
         self.engine.set_environment(limits.concurrency, limits.burst_factor)
         self.engine.configure_limits({n: (s.limit, s.paused) for n, s in queues.items()}, keys)
         self._database().rate_horizon_s = _longest_window(queues.values(), keys.values())
+
+
+class _Unclaimed:
+    """The reply of a schedule's runs: nobody waits, but a refusal re-arms the ticks."""
+
+    def __init__(self, scheduling: Scheduling, fires: list[Fire], runs: list[NewRun]) -> None:
+        self._scheduling, self._fires, self._runs = scheduling, fires, runs
+
+    def set(self, value: None) -> None:
+        """Stored: the ticks are claimed."""
+
+    def fail(self, error: BaseException) -> None:
+        self._scheduling.refused(self._fires, self._runs, error)
 
 
 def _nothing(exc: StoreError) -> None:

@@ -31,6 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "keyq.logs",
             "keyq.eventloop",
             "keyq.replies",
+            "keyq.cadence",
+            "keyq.schedules",
         ),
     ),
     ("store", ("keyq.store",)),

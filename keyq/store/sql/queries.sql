@@ -3,10 +3,40 @@
 -- name: insert_run
 -- Run ids are chosen by the producer: a run handed to the daemon and also stored
 -- directly (its answer was lost) is stored once (keyq/handoff.py).
+-- A second run for a schedule's tick fails on runs_schedule_tick: the tick is claimed.
 INSERT INTO runs (id, task, queue, concurrency_key, status, priority, max_attempts, payload,
-                  tags, idempotency_key, queue_limit, parent_id, created_at, available_at, events)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  tags, idempotency_key, queue_limit, parent_id, created_at, available_at, events,
+                  schedule_id, schedule_tick, schedule_previous)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO NOTHING;
+
+-- name: claim_schedule_tick
+UPDATE schedules SET last_tick = ?2, last_run_id = ?3, updated_at = ?4
+WHERE id = ?1 AND (last_tick IS NULL OR last_tick < ?2);
+
+-- name: define_schedule
+INSERT INTO schedules (id, task, cadence, tz, misfire, defined, paused, fires_after, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, 1, 0, ?6, ?6)
+ON CONFLICT (id) DO UPDATE SET task = ?2, cadence = ?3, tz = ?4, misfire = ?5, defined = 1,
+    fires_after = CASE WHEN defined THEN fires_after ELSE ?6 END, updated_at = ?6;
+
+-- name: undefine_schedules
+UPDATE schedules SET defined = 0, updated_at = ?2
+WHERE defined AND id NOT IN (SELECT value FROM json_each(?1));
+
+-- name: select_schedules
+SELECT id, task, cadence, tz, misfire, defined, paused, fires_after, last_tick, last_run_id
+FROM schedules ORDER BY id;
+
+-- name: pause_schedule
+-- Resuming moves fires_after to now: ticks that fell while paused are not replayed.
+UPDATE schedules SET paused = ?2, updated_at = ?3,
+    fires_after = CASE WHEN paused AND NOT ?2 THEN ?3 ELSE fires_after END
+WHERE id = ?1;
+
+-- name: select_active_scheduled
+SELECT id, schedule_id, schedule_tick, schedule_previous FROM runs
+WHERE schedule_id IS NOT NULL AND status IN ('queued', 'delayed', 'running', 'waiting');
 
 -- name: select_stored_ids
 SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(?));
