@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 from keyq.core.durations import parse_duration
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 MIN_EVERY_S = 1.0
 _SCAN_LIMIT = 100_000  # wall times tried before giving up (an expression that never fires)
@@ -51,15 +53,10 @@ class Cron:
         check_cron(self.expression)
         zone(self.tz)
 
-    @property
-    def seconds_field(self) -> bool:
-        return len(self.expression.split()) == 6
-
     def next_after(self, t: float) -> float:
         """The first tick strictly after ``t``."""
         tz = ZoneInfo(self.tz)
-        wall = _wall(t, tz)
-        it = croniter(self.expression, wall, second_at_beginning=self.seconds_field)
+        it = _croniter(self.expression, _wall(t, tz))
         for _ in range(_SCAN_LIMIT):
             at = _place(it.get_next(datetime), tz)
             if at > t:
@@ -69,8 +66,7 @@ class Cron:
     def at_or_before(self, t: float) -> float | None:
         """The last tick at or before ``t`` (None if none in the scan's reach)."""
         tz = ZoneInfo(self.tz)
-        wall = _wall(math.floor(t), tz) + timedelta(seconds=1)
-        it = croniter(self.expression, wall, second_at_beginning=self.seconds_field)
+        it = _croniter(self.expression, _wall(math.floor(t), tz) + timedelta(seconds=1))
         for _ in range(_SCAN_LIMIT):
             at = _place(it.get_prev(datetime), tz)
             if at <= t:
@@ -110,6 +106,8 @@ def check_cron(expression: object, *, field: str = "cron") -> str:
             f"{field}: {expression!r} has {len(fields)} fields; cron takes 5 "
             "(minute hour day month weekday) or 6 with a leading seconds field"
         )
+    from croniter import croniter  # imported when used: it costs every CLI call ~60 ms
+
     if not croniter.is_valid(expression, second_at_beginning=len(fields) == 6):
         raise ValueError(f"{field}: {expression!r} is not a valid cron expression")
     return expression
@@ -120,6 +118,12 @@ def parse_every(value: object, *, field: str = "every") -> Every:
     if seconds < MIN_EVERY_S:
         raise ValueError(f"{field}: must be at least {MIN_EVERY_S:g}s, got {value!r}")
     return Every(seconds)
+
+
+def _croniter(expression: str, start: datetime) -> croniter:
+    from croniter import croniter
+
+    return croniter(expression, start, second_at_beginning=len(expression.split()) == 6)
 
 
 def _wall(t: float, tz: ZoneInfo) -> datetime:

@@ -20,7 +20,7 @@ from keyq.config import Config
 from keyq.core.model import NewRun, RunId, ScheduleTick, StartRun, Transition
 from keyq.core.states import FINAL
 from keyq.core.timetable import Entry, Fire, Timetable
-from keyq.errors import ConfigError, UnstorableError
+from keyq.errors import ConfigError, KeyqError, UnstorableError
 from keyq.ids import new_run_id
 from keyq.registry import Registry
 from keyq.schedules import Schedule
@@ -38,9 +38,17 @@ class Scheduling:
         self._schedules: dict[str, Schedule] = {}
         self._ticks: dict[RunId, ScheduleTick] = {}  # active scheduled runs
 
-    async def load(self, db: Database, config: Config, now: float) -> None:
-        """Store the schedules in force and arm the timetable from what is stored."""
-        schedules = in_force(self._registry, config)
+    async def load(self, db: Database, config: Config, now: float, *, reload: bool = False) -> None:
+        """Store the schedules in force and arm the timetable from what is stored. On a
+        reload, a config naming a task the daemon lacks keeps the schedules as they were
+        (logged): a reload never takes the daemon down."""
+        try:
+            schedules = in_force(self._registry, config)
+        except ConfigError as exc:
+            if not reload:
+                raise
+            self._log.error("schedules_not_reloaded", error=str(exc))
+            schedules = list(self._schedules.values())
         stored = {r.id: r for r in await db.define_schedules(schedules, now)}
         self._schedules = {s.id: s for s in schedules}
         entries = []
@@ -71,14 +79,18 @@ class Scheduling:
             schedule = self._schedules[fire.schedule_id]
             task = self._registry.tasks[schedule.task or ""]
             options = {"concurrency_key": schedule.concurrency_key}
-            run = build_run(
-                task,
-                schedule.payload,
-                options,
-                run_id=new_run_id(now),
-                now=now,
-                max_payload_bytes=max_payload_bytes,
-            )
+            try:
+                run = build_run(
+                    task,
+                    schedule.payload,
+                    options,
+                    run_id=new_run_id(now),
+                    now=now,
+                    max_payload_bytes=max_payload_bytes,
+                )
+            except KeyqError as exc:  # its payload is over max_payload_bytes, say
+                self._log.error("schedule_tick_refused", schedule=fire.schedule_id, error=str(exc))
+                continue
             tick = ScheduleTick(fire.schedule_id, fire.tick, fire.previous)
             fired.append((fire, replace(run, schedule=tick)))
             self._ticks[run.id] = tick

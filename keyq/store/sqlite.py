@@ -112,7 +112,7 @@ class SqliteStore:
         await admission.apply(events, now)
         if admission.settings_changed:
             await self._read_settings()
-            await self._scheduling.load(self._database(), self.config, now)
+            await self._scheduling.load(self._database(), self.config, now, reload=True)
         self._fire(admission, now)
         tick = await admission.record(self.engine.tick(now), now)
         self._scheduling.annotate(tick.started, tick.transitions)

@@ -207,3 +207,22 @@ async def test_config__a_schedule_naming_an_unknown_task_stops_start_up(
     with pytest.raises(keyq.ConfigError, match=r"schedules\[0\]\.task: no task 'nope'"):
         async with keyq.Daemon(configured, registry=registry):
             pass
+
+
+async def test_refused_payload__the_tick_is_logged_and_the_daemon_goes_on(
+    config: Config, registry: Registry, clock: FakeClock
+) -> None:
+    """A schedule's payload over max_payload_bytes fires nothing; other schedules go on."""
+    from dataclasses import replace
+
+    fired: Fired = []
+    big = keyq.Schedule("big", every="1m", payload={"x": "a" * 200})
+    scheduled(registry, fired, schedules=[big, keyq.Schedule("small", every="1m")])
+    at(clock, MINUTE - 1)
+    async with keyq.Daemon(replace(config, max_payload_bytes=100), registry=registry,
+                           clock=clock) as daemon:  # fmt: skip
+        clock.advance(1)
+        await daemon.until_idle()
+        clock.advance(60)
+        await daemon.until_idle()
+    assert [(s, tick - MINUTE) for s, tick, _ in fired] == [("small", 0.0), ("small", 60.0)]
