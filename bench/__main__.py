@@ -1,7 +1,7 @@
 """keyq's benchmark suite: ``python -m bench COMMAND [--quick] [--json PATH]``.
 
 COMMAND is ``all`` or one of ceiling, throughput, latency, scale, fairness,
-burst, waits, ratelimit, crash (``python -m bench --help`` lists them).
+burst, waits, ratelimit, schedules, crash (``python -m bench --help`` lists them).
 
 Prints the machine, then a Markdown table per benchmark (figure, target, ✓/✗,
 share of the SQLite ceiling where it applies), and writes everything as JSON
@@ -22,7 +22,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import burst, ceiling, crash, fairness, latency, ratelimit, scale, throughput, waits
+from bench import (
+    burst,
+    ceiling,
+    crash,
+    fairness,
+    latency,
+    ratelimit,
+    scale,
+    schedules,
+    throughput,
+    waits,
+)
 from bench.common import Options, Result, machine, render
 
 Runner = Callable[[Options, Mapping[str, Result]], Result]
@@ -35,6 +46,7 @@ RUNNERS: dict[str, Runner] = {
     "burst": burst.run,
     "waits": waits.run,
     "ratelimit": ratelimit.run,
+    "schedules": schedules.run,
     "crash": crash.run,
 }
 NEEDS = {"throughput": ("ceiling",)}  # ratios to the ceiling come from the same run
@@ -48,6 +60,7 @@ HELP = {
     "burst": "10 keys × 50 runs of 20 ms, 2 per key, 20 overall",
     "waits": "100,000 runs waiting at once: memory and resume rate",
     "ratelimit": "cost per start with 100,000 rate-limited runs queued, against 1,000",
+    "schedules": "10,000 cron schedules: an idle wake-up and a fired tick, against 100",
     "crash": "kill -9 the daemon under producers, cycle after cycle; check every promise",
 }
 
