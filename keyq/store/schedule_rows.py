@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +47,11 @@ def define(conn: sqlite3.Connection, schedules: Iterable[Schedule], now: float) 
 
 
 def rows(conn: sqlite3.Connection) -> list[ScheduleRow]:
-    found = conn.execute(Q["select_schedules"]).fetchall()
-    return [
-        ScheduleRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), *r[7:]) for r in found
-    ]
+    return [_row(r) for r in conn.execute(Q["select_schedules"]).fetchall()]
+
+
+def _row(r: Sequence[Any]) -> ScheduleRow:
+    return ScheduleRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], r[8], r[9])
 
 
 def set_paused(conn: sqlite3.Connection, schedule_id: str, paused: bool, now: float) -> bool:
@@ -68,11 +69,8 @@ def listing(conn: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
     """Every stored schedule for ``keyq schedules list``: its next fire (none while
     paused or gone), its last claimed tick and that run's status."""
     out = []
-    for row in rows(conn):
-        status = None
-        if row.last_run_id is not None:
-            found = conn.execute(Q["get_run_outcome"], (row.last_run_id,)).fetchone()
-            status = found[0] if found else None  # deleted by retention
+    for r in conn.execute(Q["list_schedules"]).fetchall():
+        row = _row(r)
         next_at = None
         if row.defined and not row.paused:
             since = max(now, row.fires_after, row.last_tick or 0.0)
@@ -87,7 +85,7 @@ def listing(conn: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
                 "next_fire_at": iso(next_at),
                 "last_tick": iso(row.last_tick),
                 "last_run_id": row.last_run_id,
-                "last_run_status": status,
+                "last_run_status": r[10],
                 "paused": row.paused,
                 "gone": not row.defined,
             }

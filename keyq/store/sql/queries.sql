@@ -28,6 +28,12 @@ WHERE defined AND id NOT IN (SELECT value FROM json_each(?1));
 SELECT id, task, cadence, tz, misfire, defined, paused, fires_after, last_tick, last_run_id
 FROM schedules ORDER BY id;
 
+-- name: list_schedules
+-- With each last tick's run status (NULL once retention deleted it): one query.
+SELECT s.id, s.task, s.cadence, s.tz, s.misfire, s.defined, s.paused, s.fires_after,
+       s.last_tick, s.last_run_id, r.status
+FROM schedules s LEFT JOIN runs r ON r.id = s.last_run_id ORDER BY s.id;
+
 -- name: pause_schedule
 -- Resuming moves fires_after to now: ticks that fell while paused are not replayed.
 UPDATE schedules SET paused = ?2, updated_at = ?3,
