@@ -4,29 +4,33 @@ the hot path. Pure."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from keyq.core.dispatch import Dispatcher
 from keyq.core.limits import Limits
+from keyq.core.model import RunId
 from keyq.core.runbook import ActiveRun
-from keyq.core.states import QUEUED, RUNNING, RunState
+from keyq.core.states import DELAYED, QUEUED, RUNNING, RunState
+from keyq.core.unstarted import Scope
 
 
 def audit(
-    runs: Iterable[ActiveRun],
+    active: Mapping[RunId, ActiveRun],
     counts: Counter[RunState],
     limits: Limits,
     dispatcher: Dispatcher,
     holding: bool,
+    debounced: Iterable[tuple[Scope, RunId]] = (),
 ) -> list[str]:
     """What is wrong, one line each; [] when every invariant holds:
 
     * the counts by state agree with the runs;
     * exactly the RUNNING runs hold a slot;
-    * every QUEUED run is in the dispatcher, and none could start now (no idle slot).
+    * every QUEUED run is in the dispatcher, and none could start now (no idle slot);
+    * every debounce key names a DELAYED run that has not started.
     """
     problems: list[str] = []
-    runs = list(runs)
+    runs = list(active.values())
     by_state = Counter(run.state for run in runs)
     if +by_state != +counts:
         problems.append(f"state counts {dict(counts)} != actual {dict(by_state)}")
@@ -40,4 +44,8 @@ def audit(
             problems.append(f"run {run.id} could start but is left queued")
     if limits.running != by_state[RUNNING]:
         problems.append(f"{limits.running} slots held by {by_state[RUNNING]} runs")
+    for (task, key), run_id in debounced:
+        named = active.get(run_id)
+        if named is None or named.state is not DELAYED or named.attempt:
+            problems.append(f"debounce key {key!r} of {task!r} names {run_id}, not a fresh delay")
     return problems

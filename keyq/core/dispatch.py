@@ -206,6 +206,14 @@ class Dispatcher:
         if q is not None and q.parked and limits.queue_has_room(queue):
             self._unpark_queue(q)
 
+    def rates_passed(self, now: float, limits: Limits) -> None:
+        """Re-admit the buckets and queues whose rate-limited start is now allowed."""
+        for queue, key, key_wide in limits.rates_passed(now):
+            if key_wide:
+                self.unblocked(queue, key, limits)
+            else:
+                self.queue_unblocked(queue, limits)
+
     def limits_changed(self, limits: Limits) -> None:
         """Limits were raised or something resumed: re-admit everything that now has room.
 

@@ -5,8 +5,9 @@ The engine is a value-in, value-out object in the style of h11's
 ``tick(now)`` hands back one :class:`~keyq.core.model.Step` holding everything the
 shell must do: the transitions to persist (in one transaction), then the runs
 to start and the attempts to cancel. It never awaits, logs or reads a clock.
-It composes the run book, the slots, the dispatcher, two deadline heaps and
-the waits; recovery and the shell's exceptional paths are in ``recovery``.
+It composes the run book, the slots, the dispatcher, two deadline heaps, the
+waits and the rules of runs not yet started (``unstarted``: TTL, debounce);
+recovery and the shell's exceptional paths are in ``recovery``.
 
 Invariants kept at every step (and checked by :meth:`Engine.audit`):
 
@@ -35,7 +36,6 @@ from keyq.core.model import (
     Outcome,
     RunId,
     RunSpec,
-    StartRun,
     Step,
     TaskPolicy,
     TokenExpiry,
@@ -55,6 +55,7 @@ from keyq.core.states import (
     RunState,
 )
 from keyq.core.timers import Deadlines
+from keyq.core.unstarted import Unstarted
 from keyq.core.waits import Waits
 from keyq.errors import RunStateError
 
@@ -82,6 +83,7 @@ class Engine:
         self._wakeups: Deadlines[RunId] = Deadlines()  # DELAYED -> QUEUED, wait deadlines
         self._timeouts: Deadlines[RunId] = Deadlines()  # max_duration of RUNNING runs
         self.waits = Waits(self._runs, self._wakeups, self._resume)
+        self._unstarted = Unstarted()  # TTLs and debounced runs, until their first start
         self._holding = False  # draining: start nothing new
 
     # --- runs entering ------------------------------------------------------------
@@ -93,11 +95,26 @@ class Engine:
         if spec.state not in (QUEUED, DELAYED):
             raise RunStateError(f"run {spec.id}: cannot submit a run that is {spec.state}")
         run = self._book.adopt(spec)
+        if spec.expires_at is not None or spec.debounce_key is not None:
+            self._unstarted.entered(spec)
         if run.state is DELAYED:
             self._wakeups.push(run.id, spec.available_at)
         else:
             self._dispatcher.push(run.id, run.queue, run.key, run.priority)
         return True
+
+    def debounce(self, task: str, key: str, payload: str, at: float, now: float) -> RunId | None:
+        """A debounced trigger folds into the DELAYED run of that task and key, if any: its
+        payload replaces the run's and its start moves to ``at`` (at most the run's
+        ``debounce_max``). That run's id, or None: the trigger makes a new run."""
+        run_id = self._unstarted.target(task, key)
+        if run_id is None:
+            return None
+        run, at = self._runs[run_id], self._unstarted.capped(run_id, at)
+        run.payload = payload
+        self._book.move(run, DELAYED, now, Reason.DEBOUNCED, available_at=at, payload=payload)
+        self._wakeups.push(run_id, at)
+        return run_id
 
     def stored(self, seqs: Mapping[RunId, int]) -> None:
         """Runs submitted before their rows existed (handed in, seq 0) are stored."""
@@ -105,19 +122,6 @@ class Engine:
             run = self._runs.get(run_id)
             if run is not None:
                 run.seq = seq
-
-    def children_known(self, run_id: RunId, known: Mapping[RunId, ChildResult], now: float) -> None:
-        """Results of children that were final before a restart (read by the shell)."""
-        self.waits.hear(run_id, known, now)
-
-    @property
-    def waits_for_tokens(self) -> bool:
-        """True while some run waits on a waitpoint token."""
-        return self.waits.on_tokens
-
-    def token_done(self, token_id: str, now: float) -> None:
-        """A waitpoint token was completed (or timed out): its waiting runs resume."""
-        self.waits.token_done(token_id, now)
 
     # --- outcomes from the shell ------------------------------------------------------
 
@@ -184,10 +188,6 @@ class Engine:
             self.waits.hear(run.id, known, now)
         return True
 
-    def unresolved_children(self, run_id: RunId, child_ids: tuple[RunId, ...]) -> list[RunId]:
-        """Children the engine cannot follow: neither active nor already reported."""
-        return self.waits.unresolved(run_id, child_ids)
-
     def cancel(self, run_id: RunId, now: float) -> None:
         """Cancel an active run and its active children (and theirs). A RUNNING one
         ends when its attempt has stopped."""
@@ -241,9 +241,14 @@ class Engine:
     def tick(self, now: float) -> Step:
         """Fire due timers, start what may start, and hand back everything to do."""
         self.limits.advance(now)
+        if self._unstarted:
+            for run_id in self._unstarted.expired(now):  # before its delay can end
+                self._expire(self._runs[run_id], now)
         for run_id in self._wakeups.pop_due(now):
             run = self._runs[run_id]
             if run.state is DELAYED:
+                if self._unstarted:
+                    self._unstarted.delay_over(run_id)
                 self._book.move(run, QUEUED, now, Reason.DELAY_OVER)
                 self._dispatcher.push(run.id, run.queue, run.key, run.priority)
             elif isinstance(run.wait, WaitForToken):
@@ -256,11 +261,7 @@ class Engine:
             if run.cancel_reason is None:
                 run.cancel_reason = Reason.TIMEOUT
                 self._book.cancels.append(run_id)
-        for queue, key, key_wide in self.limits.rates_passed(now):
-            if key_wide:
-                self._dispatcher.unblocked(queue, key, self.limits)
-            else:
-                self._dispatcher.queue_unblocked(queue, self.limits)
+        self._dispatcher.rates_passed(now, self.limits)
         self._dispatch(now)
         return self._book.take_step()
 
@@ -269,6 +270,7 @@ class Engine:
         deadlines = (
             self._wakeups.next_deadline(),
             self._timeouts.next_deadline(),
+            self._unstarted.next_deadline(),
             self.limits.next_rate_pass() if len(self._dispatcher) else None,  # none held back
         )
         return min((d for d in deadlines if d is not None), default=None)
@@ -307,7 +309,12 @@ class Engine:
     def audit(self) -> list[str]:
         """Check every invariant by a full walk (tests, ``keyq doctor``; never the hot path)."""
         return audit(
-            self._runs.values(), self._book.counts, self.limits, self._dispatcher, self._holding
+            self._runs,
+            self._book.counts,
+            self.limits,
+            self._dispatcher,
+            self._holding,
+            self._unstarted.indexed(),
         )
 
     # --- internals ----------------------------------------------------------------------
@@ -327,6 +334,8 @@ class Engine:
             run.attempt += 1
             run.used_s = 0.0
             reason = Reason.RESTARTED if run.restart else Reason.STARTED
+        if self._unstarted:
+            self._unstarted.left(run.id)
         children = self.waits.results_for(run) if run.resume else ()
         resumed, run.resume, run.restart, run.wait = run.resume, False, False, None
         self._book.move(run, RUNNING, now, reason)
@@ -335,19 +344,7 @@ class Engine:
         budget = self._policy(run).max_duration_s
         if budget is not None:
             self._timeouts.push(run.id, now + max(0.0, budget - run.used_s))
-        self._book.starts.append(
-            StartRun(
-                run.id,
-                run.task,
-                run.queue,
-                run.key,
-                run.attempt,
-                run.payload,
-                resumed,
-                children,
-                run.claim,
-            )
-        )
+        self._book.start(run, resumed, children)
 
     def _leave_running(self, run: ActiveRun, now: float) -> None:
         self.limits.advance(now)
@@ -366,6 +363,12 @@ class Engine:
             self._dispatcher.push(run.id, run.queue, run.key, run.priority)
         else:
             self._finish(run, FAILED, now, Reason.INTERRUPTED, error=INTERRUPTED)
+
+    def _expire(self, run: ActiveRun, now: float) -> None:
+        """Not started within its TTL: canceled, whether delayed or queued."""
+        if run.state is QUEUED:
+            self._dispatcher.discard(run.id)
+        self._finish(run, CANCELED, now, Reason.TTL_EXPIRED)
 
     def _resume(self, run: ActiveRun, now: float, reason: Reason) -> None:
         self.waits.forget_token(run)
@@ -386,6 +389,8 @@ class Engine:
         self._book.remove(run)  # final runs leave the engine
         self._wakeups.cancel(run.id)
         self._timeouts.cancel(run.id)
+        if self._unstarted:
+            self._unstarted.left(run.id)
         self.waits.final(run, lambda: ChildResult(run.id, to, result, error), now)
 
     def _policy(self, run: ActiveRun) -> TaskPolicy:

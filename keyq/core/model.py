@@ -76,6 +76,9 @@ class NewRun:
     available_at: float
     state: RunState
     schedule: ScheduleTick | None = None  # the tick a schedule fired this run for
+    expires_at: float | None = None  # ttl: canceled if not started by then
+    debounce_key: str | None = None  # debounced: later triggers with this key fold in
+    debounce_until: float | None = None  # the latest start debouncing may push it to
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,9 @@ class RunSpec:
     parent_id: RunId | None = None
     wait: Wait | None = None  # the stored waitpoint of a waiting (or resuming) run
     cancel_requested: bool = False  # a cancel was acknowledged before the attempt stopped
+    expires_at: float | None = None  # ttl: canceled if not started by then
+    debounce_key: str | None = None
+    debounce_until: float | None = None
 
 
 @dataclass(slots=True)  # not frozen: built per run, and a frozen __init__ costs 4x
@@ -129,6 +135,7 @@ class Transition:
     result: str | None = None  # JSON text, on COMPLETED
     error: ErrorInfo | None = None  # on a failed attempt or FAILED
     wait: Wait | None = None  # the waitpoint the run is waiting on or resuming from
+    payload: str | None = None  # JSON text: a debounced trigger's, replacing the run's
 
 
 # --- outcomes of one attempt, reported by the runner -------------------------

@@ -57,7 +57,7 @@ def recover(engine: Engine, specs: Iterable[RunSpec], now: float) -> Recovered:
     for run, wait in waiting:
         engine.waits.arm(run, wait, now)
         if isinstance(wait, WaitChildren) and run.state is WAITING:
-            missing = engine.unresolved_children(run.id, wait.child_ids)
+            missing = engine.waits.unresolved(run.id, wait.child_ids)
             if missing:
                 unknown[run.id] = missing
     return Recovered(unknown, engine.waits.tokens())
@@ -94,6 +94,7 @@ def withdraw(engine: Engine, run_ids: Iterable[RunId]) -> None:
         elif run.state is QUEUED:
             engine._dispatcher.discard(run.id)
         engine._wakeups.cancel(run.id)
+        engine._unstarted.left(run.id)
         engine._book.remove(run)
 
 

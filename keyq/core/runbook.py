@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from keyq.core.limits import Key
 from keyq.core.model import (
     CancelRequest,
+    ChildResult,
     CountedStart,
     ErrorInfo,
     RunId,
@@ -97,6 +98,7 @@ class RunBook:
         result: str | None = None,
         error: ErrorInfo | None = None,
         available_at: float | None = None,
+        payload: str | None = None,
     ) -> None:
         """Change the run's state, recording the transition (IllegalTransition if the
         table has no such edge; then nothing changes)."""
@@ -117,11 +119,28 @@ class RunBook:
                 result=result,
                 error=error,
                 wait=run.wait,
+                payload=payload,
             )
         )
         self.counts[run.state] -= 1
         self.counts[to] += 1
         run.state = to
+
+    def start(self, run: ActiveRun, resumed: bool, children: tuple[ChildResult, ...]) -> None:
+        """The run starts (or resumes) once this step is committed."""
+        self.starts.append(
+            StartRun(
+                run.id,
+                run.task,
+                run.queue,
+                run.key,
+                run.attempt,
+                run.payload,
+                resumed,
+                children,
+                run.claim,
+            )
+        )
 
     def remove(self, run: ActiveRun) -> None:
         """A run that became final leaves the book (it was moved there first)."""

@@ -53,6 +53,8 @@ class Reason(StrEnum):
     TOKEN_TIMEOUT = "token_timeout"
     CHILDREN_DONE = "children_done"
     UNRECORDABLE = "unrecordable"  # the database refused the run's record for good
+    DEBOUNCED = "debounced"  # DELAYED -> DELAYED: a later trigger replaced its payload
+    TTL_EXPIRED = "ttl_expired"  # not started within its ttl
 
 
 DELAYED, QUEUED, RUNNING, WAITING = (
@@ -74,7 +76,8 @@ TRANSITIONS: dict[RunState | None, frozenset[RunState]] = {
     None: frozenset({QUEUED, DELAYED}),
     # DELAYED -> FAILED (as from every active state): the database refused to
     # record a change of the run for good (reason "unrecordable").
-    DELAYED: frozenset({QUEUED, CANCELED, FAILED}),
+    # DELAYED -> DELAYED: a debounced trigger replaced the payload and moved the start.
+    DELAYED: frozenset({DELAYED, QUEUED, CANCELED, FAILED}),
     # QUEUED -> FAILED: a run queued to resume lost its attempt in a crash and
     # has no attempts left.
     QUEUED: frozenset({RUNNING, CANCELED, FAILED}),

@@ -85,11 +85,11 @@ class Admission:
         counted = await self._db.counted_starts(now - self._db.rate_horizon_s)
         recovery.remember_starts(self.engine, counted)
         for run_id, missing in recovered.children.items():
-            self.engine.children_known(run_id, await self._final_children(missing), now)
+            self.engine.waits.hear(run_id, await self._final_children(missing), now)
         for token_id in recovered.tokens:
             token = await self._db.token(token_id)
             if token is None or token.status != "waiting":
-                self.engine.token_done(token_id, now)
+                self.engine.waits.token_done(token_id, now)
 
     async def ingest(self, now: float, batch: int = INGEST_BATCH) -> bool:
         """Adopt runs stored after the last one read (by seq, never a scan), and token
@@ -107,11 +107,11 @@ class Admission:
                 break
         # Only while a run waits on a token: a trigger's poke pays no extra query.
         # A run that starts waiting later reads its token's state itself.
-        while self.engine.waits_for_tokens and (
+        while self.engine.waits.on_tokens and (
             completed := await self._db.completed_tokens(self._last_token_seq, batch)
         ):
             for self._last_token_seq, token_id in completed:
-                self.engine.token_done(token_id, now)
+                self.engine.waits.token_done(token_id, now)
         return overrides
 
     # --- events ------------------------------------------------------------------------------
@@ -145,10 +145,10 @@ class Admission:
         run_id, wait, known = event.run_id, event.wait, {}
         done_token: str | None = None  # a token already completed or timed out
         if isinstance(wait, WaitChildren):
-            missing = self.engine.unresolved_children(run_id, wait.child_ids)
+            missing = self.engine.waits.unresolved(run_id, wait.child_ids)
             if missing:  # children another process triggered may not be read yet
                 await self.ingest(now)
-                missing = self.engine.unresolved_children(run_id, wait.child_ids)
+                missing = self.engine.waits.unresolved(run_id, wait.child_ids)
             if missing:
                 known = await self._final_children(missing)
         elif isinstance(wait, WaitForToken):
@@ -165,7 +165,7 @@ class Admission:
         self.journaled.add(run_id)
         self._waiting.append(run_id)
         if done_token is not None:
-            self.engine.token_done(done_token, now)
+            self.engine.waits.token_done(done_token, now)
 
     async def _cancel(self, event: CancelAsked, now: float) -> None:
         if event.run_id not in self.engine:

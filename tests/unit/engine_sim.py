@@ -44,12 +44,16 @@ def spec(
     queue_limit: int | None = None,
     parent_id: str | None = None,
     wait: WaitUntil | WaitChildren | WaitForToken | None = None,
+    expires_at: float | None = None,
+    debounce_key: str | None = None,
+    debounce_until: float | None = None,
 ) -> RunSpec:
     return RunSpec(
         id=run_id, seq=next(_seq), task=task, queue=queue, concurrency_key=key,
         priority=priority, payload=f'{{"run": "{run_id}"}}', max_attempts=max_attempts,
         state=state, attempt=attempt, available_at=available_at, created_at=T0,
-        queue_limit=queue_limit, parent_id=parent_id, wait=wait,
+        queue_limit=queue_limit, parent_id=parent_id, wait=wait, expires_at=expires_at,
+        debounce_key=debounce_key, debounce_until=debounce_until,
     )  # fmt: skip
 
 

@@ -311,7 +311,7 @@ class EngineMachine(RuleBasedStateMachine):
         final = {
             t: ChildResult(t, self.state[t], None, None) for t in targets if self.state[t] in FINAL
         }
-        unresolved = self.engine.unresolved_children(waiter, targets)
+        unresolved = self.engine.waits.unresolved(waiter, targets)
         assert set(unresolved) <= set(final)
         known = {t: final[t] for t in unresolved}
         if self.engine.wait(waiter, WaitChildren(targets), self.now, known):
@@ -324,7 +324,7 @@ class EngineMachine(RuleBasedStateMachine):
     def _wait_children(self, parent: str) -> None:
         children = tuple(self.spawned.pop(parent))
         # as the shell does: children the engine cannot follow are read from the store
-        unresolved = self.engine.unresolved_children(parent, children)
+        unresolved = self.engine.waits.unresolved(parent, children)
         assert all(self.state[c] in FINAL for c in unresolved)
         known = {c: ChildResult(c, self.state[c], None, None) for c in unresolved}
         if self.engine.wait(parent, WaitChildren(children), self.now, known):

@@ -581,7 +581,7 @@ def test_engine__recover_parent_waiting_on_children() -> None:
     sim.finish("c")
     assert sim.engine.state_of("p") is WAITING
     gone = ChildResult("gone", COMPLETED, "1", None)
-    sim.engine.children_known("p", {"gone": gone}, sim.now)
+    sim.engine.waits.hear("p", {"gone": gone}, sim.now)
     step = sim.tick()
     assert moves(step) == [
         ("p", "waiting", "queued", "children_done"),
@@ -626,14 +626,14 @@ def test_engine__token_completion_resumes_every_waiter() -> None:
     sim.engine.wait("b", WaitForToken("tok", None), sim.now)
     sim.tick()
     assert sim.stats() == (0, 0, 0, 2)
-    sim.engine.token_done("tok", sim.now)
+    sim.engine.waits.token_done("tok", sim.now)
     step = sim.tick()
     assert moves(step)[:2] == [
         ("a", "waiting", "queued", "token_completed"),
         ("b", "waiting", "queued", "token_completed"),
     ]
     assert started(step) == ["a"]
-    sim.engine.token_done("tok", sim.now)  # a late duplicate changes nothing
+    sim.engine.waits.token_done("tok", sim.now)  # a late duplicate changes nothing
     assert not sim.tick()
 
 
@@ -648,7 +648,7 @@ def test_engine__token_timeout_resumes_with_its_reason() -> None:
     step = sim.tick(T0 + 30)
     assert moves(step)[0] == ("a", "waiting", "queued", "token_timeout")
     assert step.transitions[0].wait == WaitForToken("tok", T0 + 30)
-    sim.engine.token_done("tok", sim.now)
+    sim.engine.waits.token_done("tok", sim.now)
     assert not sim.tick()
 
 
@@ -658,7 +658,7 @@ def test_engine__recover_reports_waited_tokens() -> None:
     sim = Sim()
     stored = spec("w", state=WAITING, attempt=1, wait=WaitForToken("tok", None))
     assert recovery.recover(sim.engine, [stored], sim.now).tokens == ["tok"]
-    sim.engine.token_done("tok", sim.now)
+    sim.engine.waits.token_done("tok", sim.now)
     assert moves(sim.tick())[0] == ("w", "waiting", "queued", "token_completed")
 
 
@@ -785,7 +785,7 @@ def test_engine__known_results_of_final_children_resume_at_once() -> None:
     sim = Sim()
     sim.submit(spec("p"))
     old = ChildResult("old", COMPLETED, '"cached"', None)
-    assert sim.engine.unresolved_children("p", ("old",)) == ["old"]
+    assert sim.engine.waits.unresolved("p", ("old",)) == ["old"]
     sim.engine.wait("p", WaitChildren(("old",)), sim.now, known={"old": old})
     step = sim.tick()
     assert moves(step)[-1] == ("p", "queued", "running", "resumed")
@@ -797,8 +797,8 @@ def test_engine__unresolved_children_lists_only_unknown_ones() -> None:
     sim = Sim(limited(kids=QueueLimit(concurrency_limit=0)))
     sim.submit(spec("p"), spec("active", queue="kids", parent_id="p"), spec("done", parent_id="p"))
     sim.finish("done")
-    assert sim.engine.unresolved_children("p", ("active", "done", "ghost")) == ["ghost"]
-    assert sim.engine.unresolved_children("nobody", ("active", "ghost")) == ["ghost"]
+    assert sim.engine.waits.unresolved("p", ("active", "done", "ghost")) == ["ghost"]
+    assert sim.engine.waits.unresolved("nobody", ("active", "ghost")) == ["ghost"]
 
 
 def test_engine__waiting_on_someone_elses_run_resumes_both_waiters() -> None:
