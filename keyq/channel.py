@@ -16,9 +16,10 @@ from typing import Any, cast
 
 from keyq import handoff
 from keyq.core.model import NewRun
-from keyq.errors import DaemonNotRunningError
+from keyq.errors import DaemonNotRunningError, StoreError, TriggerError
 
 MAX_LINE = handoff.MAX_MESSAGE_BYTES
+_REFUSALS = frozenset({"TriggerError", "UnknownTaskError", "PayloadError"})
 
 
 def request(path: Path, message: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
@@ -79,6 +80,32 @@ class Channel:
         with self._lock:
             answer = self._exchange(lambda retry: handoff.request(encoded, retry), answered=True)
         return answer is not None and answer.get("ok") is True
+
+    def debounce(self, runs: list[NewRun]) -> list[str] | None:
+        """Send runs of which some are debounced (:mod:`keyq.handoff`); the id of the run
+        standing for each, or None if no daemon answered (or it is stopping). A refusal
+        of the runs themselves raises it, naming the field."""
+        encoded = handoff.encode(runs)
+        if encoded is None:
+            raise TriggerError(
+                f"debounced triggers sent to a running daemon are limited to "
+                f"{handoff.MAX_MESSAGE_BYTES // 1024} KiB of JSON per call: send fewer at a "
+                "time, or a smaller payload (a reference to the data)"
+            )
+        with self._lock:
+            answer = self._exchange(
+                lambda retry: handoff.debounce_request(encoded, retry), answered=True
+            )
+        if answer is None:
+            return None
+        ids = answer.get("ids")
+        if answer.get("ok") is True and isinstance(ids, list) and len(ids) == len(runs):
+            return [str(i) for i in ids]
+        if answer.get("type") in _REFUSALS:
+            raise TriggerError(str(answer.get("error")))
+        if answer.get("type") == "DaemonNotRunningError":
+            return None
+        raise StoreError(f"the daemon did not store the debounced runs: {answer.get('error')}")
 
     def _exchange(self, line: Callable[[bool], bytes], *, answered: bool) -> dict[str, Any] | None:
         """Send ``line(retry)``; the answer if ``answered``. A daemon restart closes a

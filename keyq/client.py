@@ -65,6 +65,7 @@ class Client:
             now=self._clock.now,
             poke=self._channel.poke,
             hand_off=self._channel.hand_off,
+            send_debounce=self._channel.debounce,
             store=self._store,
         )
         self._inspector: Inspector | None = None

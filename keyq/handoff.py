@@ -22,6 +22,13 @@ Runs with an idempotency key or a queue limit override take the direct path
 (insert, then poke): the daemon adopts a run before its INSERT commits, and
 those two are the options whose outcome depends on rows another process may
 write in between.
+
+Debounced runs are the other way round: whether a trigger folds into an
+earlier DELAYED run is the engine's decision while a daemon runs (it holds
+that run in memory), so they go to the daemon in a ``debounce`` request and
+are never stored by the client while the daemon holds the database
+(:mod:`keyq.producer`). Sending one again after a lost answer folds it into
+the run the first request made or folded into: the same run stands.
 """
 
 from __future__ import annotations
@@ -46,7 +53,14 @@ _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 def eligible(runs: Sequence[NewRun]) -> bool:
     """True if the daemon may adopt these runs before they are stored."""
-    return all(r.idempotency_key is None and r.queue_limit is None for r in runs)
+    return all(
+        r.idempotency_key is None and r.queue_limit is None and r.debounce_key is None for r in runs
+    )
+
+
+def debounced(runs: Sequence[NewRun]) -> bool:
+    """True if a run of these is debounced: the batch goes to the daemon's ``debounce``."""
+    return any(r.debounce_key is not None for r in runs)
 
 
 def encode(runs: Sequence[NewRun]) -> bytes | None:
@@ -59,20 +73,39 @@ def encode(runs: Sequence[NewRun]) -> bytes | None:
                 "task": run.task,
                 "at": run.created_at,
                 "parent_id": run.parent_id,
-                "options": {
-                    "queue": run.queue,
-                    "concurrency_key": run.concurrency_key,
-                    "priority": run.priority,
-                    "max_attempts": run.max_attempts,
-                    "tags": list(run.tags),
-                    "delay": run.available_at - run.created_at,
-                },
+                "options": _options(run),
             }
         )
         # The payload is already JSON text: spliced in, not decoded and encoded again.
         items.append(f'{head[:-1]},"payload":{run.payload}}}')
     encoded = f"[{','.join(items)}]".encode()
     return encoded if len(encoded) + _ENVELOPE_BYTES <= MAX_MESSAGE_BYTES else None
+
+
+def _options(run: NewRun) -> dict[str, Any]:
+    """The trigger options that rebuild ``run`` (:func:`decode` checks them again)."""
+    options: dict[str, Any] = {
+        "queue": run.queue,
+        "concurrency_key": run.concurrency_key,
+        "priority": run.priority,
+        "max_attempts": run.max_attempts,
+        "tags": list(run.tags),
+    }
+    if run.debounce_key is None:
+        options["delay"] = run.available_at - run.created_at
+    else:
+        options["debounce"] = run.available_at - run.created_at
+        options["debounce_key"] = run.debounce_key
+        options["debounce_max"] = (run.debounce_until or run.available_at) - run.created_at
+    if run.expires_at is not None:
+        options["ttl"] = run.expires_at - run.created_at
+    return options
+
+
+def debounce_request(encoded_runs: bytes, retry: bool) -> bytes:
+    """The ``debounce`` request line: the daemon answers with the run standing for each."""
+    flag = b"true" if retry else b"false"
+    return b'{"op":"debounce","retry":%b,"runs":%b}\n' % (flag, encoded_runs)
 
 
 def request(encoded_runs: bytes, retry: bool) -> bytes:
@@ -105,8 +138,11 @@ def check_deadline(value: Any) -> float:
 _FIELDS = ("id", "task", "at", "parent_id", "options", "payload")
 
 
-def decode(items: Any, registry: Registry, max_payload_bytes: int) -> list[NewRun]:
-    """The runs of a ``trigger`` request, validated as a trigger is.
+def decode(
+    items: Any, registry: Registry, max_payload_bytes: int, *, debounce: bool = False
+) -> list[NewRun]:
+    """The runs of a ``trigger`` (or, with ``debounce``, a ``debounce``) request,
+    validated as a trigger is.
 
     Raises TriggerError naming the run and the field (an unknown task, a bad
     option, a malformed item): nothing is adopted unless every run is valid.
@@ -119,8 +155,11 @@ def decode(items: Any, registry: Registry, max_payload_bytes: int) -> list[NewRu
             runs.append(_decode_one(item, registry, max_payload_bytes))
         except TriggerError as exc:
             raise TriggerError(f"runs[{i}]: {exc}") from None
-    if not eligible(runs):
-        raise TriggerError("runs with an idempotency key or a queue limit must be stored directly")
+    if not eligible([r for r in runs if r.debounce_key is None] if debounce else runs):
+        raise TriggerError(
+            "runs with an idempotency key or a queue limit must be stored directly, "
+            "and debounced runs sent with op 'debounce'"
+        )
     return runs
 
 

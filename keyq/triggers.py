@@ -27,8 +27,21 @@ from keyq.errors import DefinitionError, PayloadError, TriggerError
 from keyq.registry import Queue, Task
 
 OPTIONS = frozenset(
-    {"concurrency_key", "queue", "priority", "delay", "idempotency_key", "max_attempts", "tags"}
+    {
+        "concurrency_key",
+        "queue",
+        "priority",
+        "delay",
+        "idempotency_key",
+        "max_attempts",
+        "tags",
+        "ttl",
+        "debounce",
+        "debounce_key",
+        "debounce_max",
+    }
 )
+DEBOUNCE_MAX_FACTOR = 10  # debounce_max defaults to ten times the debounce
 
 
 def build_run(
@@ -64,7 +77,13 @@ def _build(
 ) -> NewRun:
     queue_name, queue_limit = _queue(options.get("queue"), task.queue)
     created_at = bounds.instant("created_at", now)
-    available_at = bounds.later("delay", created_at, _delay(options))
+    debounce = _debounce(options, created_at)
+    if debounce is None:
+        available_at = bounds.later("delay", created_at, _duration(options, "delay"))
+        debounce_key = debounce_until = None
+    else:
+        debounce_key, available_at, debounce_until = debounce
+    ttl = _duration(options, "ttl", positive=True)
     return NewRun(
         id=run_id,  # made by keyq.ids, or checked at the socket (keyq.handoff)
         task=task.id,
@@ -80,6 +99,9 @@ def _build(
         created_at=created_at,
         available_at=available_at,
         state=DELAYED if available_at > created_at else QUEUED,
+        expires_at=bounds.later("ttl", created_at, ttl) if ttl else None,
+        debounce_key=debounce_key,
+        debounce_until=debounce_until,
     )
 
 
@@ -129,14 +151,49 @@ def _priority(value: Any) -> int:
     return bounds.integer("priority", value, MIN_PRIORITY, MAX_PRIORITY)
 
 
-def _delay(options: Mapping[str, Any]) -> float:
-    value = options.get("delay")
+def _duration(options: Mapping[str, Any], field: str, *, positive: bool = False) -> float:
+    """The option's seconds (0 if not given); TriggerError naming it if not a duration."""
+    value = options.get(field)
     if value is None:
         return 0.0
     try:
-        return parse_duration(value, field="delay")
+        seconds = parse_duration(value, field=field)
     except ValueError as exc:
         raise TriggerError(str(exc)) from None
+    if positive and seconds <= 0:
+        raise TriggerError(f"{field}: must be a duration > 0, got {value!r}")
+    return seconds
+
+
+def _debounce(options: Mapping[str, Any], created_at: float) -> tuple[str, float, float] | None:
+    """A debounced trigger's key, start and latest start (``debounce_max``), or None."""
+    if options.get("debounce") is None:
+        for field in ("debounce_key", "debounce_max"):
+            if options.get(field) is not None:
+                raise TriggerError(f"{field}: given without debounce")
+        return None
+    if options.get("delay") is not None:
+        raise TriggerError("delay: cannot be combined with debounce, which sets the start")
+    if options.get("idempotency_key") is not None:
+        raise TriggerError(
+            "idempotency_key: cannot be combined with debounce; the debounce key already "
+            "decides which run a trigger is"
+        )
+    if options.get("debounce_key") is None:
+        raise TriggerError("debounce_key: required with debounce (the triggers it folds share it)")
+    key = bounds.text("debounce_key", options["debounce_key"], MAX_KEY_LENGTH)
+    seconds = _duration(options, "debounce", positive=True)
+    longest = _duration(options, "debounce_max", positive=True) or DEBOUNCE_MAX_FACTOR * seconds
+    if longest < seconds:
+        raise TriggerError(
+            f"debounce_max: must be at least the debounce ({seconds:g} s), "
+            f"got {options['debounce_max']!r}"
+        )
+    return (
+        key,
+        bounds.later("debounce", created_at, seconds),
+        bounds.later("debounce_max", created_at, longest),
+    )
 
 
 def _max_attempts(value: Any, task: Task) -> int:

@@ -50,6 +50,25 @@ DelayOpt = Annotated[str | None, typer.Option(help="Start no sooner than this: 3
 IdempotencyOpt = Annotated[
     str | None, typer.Option(help="Return the existing run if this key was used for the task.")
 ]
+TtlOpt = Annotated[
+    str | None,
+    typer.Option(help="Cancel the run (ttl_expired) if it has not started by then: 10m."),
+]
+DebounceOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Start after this quiet time: a later trigger with the same --debounce-key "
+        "while this run is still delayed replaces its payload and pushes its start."
+    ),
+]
+DebounceKeyOpt = Annotated[
+    str | None, typer.Option(help="With --debounce: the triggers that fold into one run.")
+]
+DebounceMaxOpt = Annotated[
+    str | None,
+    typer.Option(help="With --debounce: start at most this long after the first trigger "
+                 "(default 10x the debounce)."),
+]  # fmt: skip
 AttemptsOpt = Annotated[int | None, typer.Option(help="Override the task's retry count.")]
 WaitOpt = Annotated[bool, typer.Option(help="Block until the run is final; exit 1 if it failed.")]
 
@@ -65,23 +84,29 @@ def trigger(
     idempotency_key: IdempotencyOpt = None,
     max_attempts: AttemptsOpt = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag the run (repeatable).")] = None,
+    ttl: TtlOpt = None,
+    debounce: DebounceOpt = None,
+    debounce_key: DebounceKeyOpt = None,
+    debounce_max: DebounceMaxOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     apps: AppOpt = None,
 ) -> None:
-    """Trigger a run and print its id once it is durable (the daemon may be stopped)."""
+    """Trigger a run and print its id once it is durable (the daemon may be stopped).
+
+    With --debounce, the id printed is that of the run the trigger folded into, if
+    one with the same --debounce-key was still delayed.
+    """
     data = parse_json("payload", payload)
     if queue_limit is not None and queue is None:
         fail("--queue-limit needs --queue", code=2)
     options: dict[str, Any] = {
         "concurrency_key": concurrency_key,
         "queue": {"name": queue, "concurrency_limit": queue_limit} if queue else None,
-        "priority": priority,
-        "delay": delay,
-        "idempotency_key": idempotency_key,
-        "max_attempts": max_attempts,
-        "tags": tag or None,
+        **dict(priority=priority, delay=delay, idempotency_key=idempotency_key),
+        **dict(max_attempts=max_attempts, tags=tag or None, ttl=ttl, debounce=debounce),
+        **dict(debounce_key=debounce_key, debounce_max=debounce_max),
     }
     with errors_reported(), client(config, apps or [], tasks=True) as c:
         handle = c.trigger(task, data, **options)

@@ -10,6 +10,7 @@ to back on one connection are answered in the order sent.
 |----------|-----------------------|---------------------------------------------------|
 | poke     |                       | read newly inserted runs now                      |
 | trigger  | runs, deadline, retry | store and start runs (:mod:`keyq.handoff`)        |
+| debounce | runs, retry           | the same, debounced: answers the ids that stand   |
 | cancel   | run_id                | cancel a run (answers once the cancel is durable) |
 | settings |                       | re-read runtime limit overrides from the database |
 | stats    |                       | the engine's live counts                          |
@@ -31,10 +32,10 @@ import anyio.abc
 
 from keyq import handoff
 from keyq.config import Config
-from keyq.core.model import EngineStatistics, NewRun
+from keyq.core.model import EngineStatistics
+from keyq.daemon.intake import Intake
 from keyq.errors import KeyqError, TriggerError
 from keyq.registry import Registry
-from keyq.replies import Reply
 from keyq.store.permissions import FileAccess
 
 MAX_LINE = handoff.MAX_MESSAGE_BYTES
@@ -47,12 +48,9 @@ class ControlHost(Protocol):
     config: Config
     access: FileAccess
     log: Any
+    intake: Intake
 
     def poke(self) -> None: ...
-    def post_trigger(
-        self, runs: list[NewRun], reply: Reply[None], *, deadline: float | None, retry: bool
-    ) -> bool: ...
-    def cancel(self, run_id: str) -> Awaitable[None]: ...
     def reload_settings(self) -> Awaitable[None]: ...
     def statistics(self) -> EngineStatistics: ...
 
@@ -271,7 +269,7 @@ class _Connection(asyncio.Protocol):
             raise TriggerError(f"retry must be true or false, got {retry!r}")
         daemon = self._daemon
         runs = handoff.decode(request.get("runs"), daemon.registry, daemon.config.max_payload_bytes)
-        if not daemon.post_trigger(runs, answer, deadline=deadline, retry=retry):
+        if not daemon.intake.post_trigger(runs, answer, deadline=deadline, retry=retry):
             answer.give({"ok": False, "error": "the daemon is stopping: store the runs directly"})
 
     def _spawn(
@@ -333,8 +331,19 @@ async def _cancel(daemon: ControlHost, request: dict[str, Any]) -> dict[str, Any
     run_id = request["run_id"]
     if not isinstance(run_id, str):
         raise TypeError("run_id must be a string")
-    await daemon.cancel(run_id)
+    await daemon.intake.cancel(run_id)
     return {"ok": True}
+
+
+async def _debounce(daemon: ControlHost, request: dict[str, Any]) -> dict[str, Any]:
+    retry = request.get("retry")
+    if not isinstance(retry, bool):
+        raise TriggerError(f"retry must be true or false, got {retry!r}")
+    config = daemon.config
+    runs = handoff.decode(
+        request.get("runs"), daemon.registry, config.max_payload_bytes, debounce=True
+    )
+    return {"ok": True, "ids": await daemon.intake.debounce(runs, retry)}
 
 
 async def _settings(daemon: ControlHost, request: dict[str, Any]) -> dict[str, Any]:
@@ -348,4 +357,9 @@ async def _stats(daemon: ControlHost, request: dict[str, Any]) -> dict[str, Any]
 
 
 Operation = Callable[[ControlHost, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]
-_OPERATIONS: dict[str, Operation] = {"cancel": _cancel, "settings": _settings, "stats": _stats}
+_OPERATIONS: dict[str, Operation] = {
+    "cancel": _cancel,
+    "debounce": _debounce,
+    "settings": _settings,
+    "stats": _stats,
+}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from contextvars import Token
 from types import TracebackType
@@ -30,36 +30,32 @@ import anyio.abc
 import anyio.lowlevel
 import structlog
 
-from keyq import handoff
 from keyq.clock import Clock, SystemClock
 from keyq.config import Config, load_config
-from keyq.core.model import EngineStatistics, NewRun, RunId
+from keyq.core.model import EngineStatistics, RunId
 from keyq.core.states import FINAL, RunState
 from keyq.daemon import service
 from keyq.daemon.attempts import Attempts
 from keyq.daemon.control import serve_control
 from keyq.daemon.inbox import Inbox
+from keyq.daemon.intake import Intake
 from keyq.daemon.waiters import Waiters
 from keyq.errors import RunNotFoundError, StoreError
 from keyq.logs import configure_logging, get_logger, log_transitions
-from keyq.producer import Producer
 from keyq.registry import (
     Registry,
     Submitter,
-    TriggerRequest,
     default_registry,
     reset_producer,
     set_producer,
 )
-from keyq.replies import Pending, Reply
-from keyq.results import RunHandle, RunResult
+from keyq.replies import Pending
+from keyq.results import RunResult
 from keyq.store.instance import socket_path
 from keyq.store.permissions import FileAccess
 from keyq.store.protocol import (
-    CancelAsked,
     CommitAbandoned,
     Event,
-    RunsHandedIn,
     SettingsChanged,
     Store,
     Tick,
@@ -95,9 +91,11 @@ class Daemon:
             store if store is not None else SqliteStore(self.config, self.registry, rng)
         )
         self.store.on_failing = self._while_failing
-        self.attempts = self._new_attempts()
-        self._producer = self._new_producer()
         self._inbox = Inbox()
+        self.intake = Intake(
+            self.config, post=self._post, is_open=self._open, now=self.clock.now, poke=self.poke
+        )
+        self.attempts = self._new_attempts()
         self._waiters = Waiters()
         self._stopping = False
         self._exit_loop = False
@@ -123,7 +121,7 @@ class Daemon:
             configure_logging(self.config.log)
         # Before any task starts: attempts inherit it, so Task.trigger inside a
         # task reaches this daemon's database, not whatever ./keyq.toml says.
-        self._token = set_producer(self)
+        self._token = set_producer(self.intake)
         try:
             await self._start()
         except BaseException:
@@ -135,7 +133,7 @@ class Daemon:
         self.access = FileAccess.for_group(self.config.security.group)
         await self.store.open(self.clock.now())
         self._stack.push_async_callback(self.store.close)
-        self._stack.callback(lambda: self._producer.close())
+        self._stack.callback(lambda: self.intake.producer.close())
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         self._stack.push_async_callback(self.attempts.stop_all)  # before the group exits
         if self.socket_path is not None:
@@ -218,8 +216,7 @@ class Daemon:
             self.log.warning("reload_ignored_database", database=str(fresh.database))
         self.config = fresh.with_database(self.config.database)
         self.store.reconfigure(self.config)
-        old, self._producer = self._producer, self._new_producer()
-        old.close()
+        self.intake.reconfigure(self.config)
         await self.reload_settings()
         self.log.info("config_reloaded", source=str(self.config.source))
 
@@ -237,13 +234,14 @@ class Daemon:
             self.log,
             post=self._post,
             now=self.clock.now,
-            submit=self.submit_triggers,
+            submit=self.intake.submit_triggers,
             checkpoint_after_s=self.config.checkpoint_after_s,
             max_result_bytes=self.config.max_payload_bytes,
         )
 
-    def _new_producer(self) -> Producer:
-        return Producer(self.config, now=self.clock.now, poke=self.poke)
+    def _open(self) -> bool:
+        """True while the loop takes triggers: not stopping, not failed."""
+        return not (self._exit_loop or self._loop_done.is_set())
 
     # --- the main loop -------------------------------------------------------------------
 
@@ -332,48 +330,11 @@ class Daemon:
         self.poke()
         await event.wait()
 
-    # --- for producers and the control socket -----------------------------------------------
-
-    async def submit_triggers(
-        self, requests: Sequence[TriggerRequest], parent_id: str | None = None
-    ) -> list[RunHandle]:
-        """Store runs durably and start them as their limits allow (``Task.trigger``)."""
-        runs = self._producer.build(requests, parent_id)
-        if handoff.eligible(runs) and await self.hand_in(runs):
-            return [RunHandle(r.id, r.task) for r in runs]
-        return await self._producer.submit_runs(runs)
-
-    async def hand_in(self, runs: list[NewRun]) -> bool:
-        """Hand validated runs to the store and return once they are stored, each with its
-        start when a slot is free (one transaction). False if the daemon is stopping or
-        could not store them: they are then not stored, nor kept, and the caller stores
-        them itself, as a client that gets no answer does."""
-        reply: Pending[None] = Pending()
-        if not self.post_trigger(runs, reply, deadline=None, retry=False):
-            return False
-        try:
-            await reply.wait()
-        except Exception:
-            return False
-        return True
-
-    def post_trigger(
-        self, runs: list[NewRun], reply: Reply[None], *, deadline: float | None, retry: bool
-    ) -> bool:
-        """:meth:`hand_in` without waiting: ``reply`` is set once the runs are stored,
-        or failed with the error that kept them from being stored (then they are not,
-        ever, by this daemon). False (and ``reply`` never called) if the daemon is
-        stopping. ``deadline`` and ``retry``: see :func:`keyq.handoff.request`."""
-        if self._exit_loop or self._loop_done.is_set():
-            return False
-        self._post(RunsHandedIn(runs, reply, deadline, retry))
-        return True
+    # --- for callers in this process ----------------------------------------------------------
 
     async def cancel(self, run_id: RunId) -> None:
         """Cancel a run; returns once the cancel is on disk (a RUNNING run stops soon after)."""
-        reply: Pending[None] = Pending()
-        self._post(CancelAsked(run_id, reply))
-        await reply.wait()
+        await self.intake.cancel(run_id)
 
     async def result(self, run_id: RunId) -> RunResult:
         """Wait until the run is final and return how it ended."""

@@ -5,7 +5,14 @@ from __future__ import annotations
 import anyio
 
 from keyq.errors import StoreError
-from keyq.store.protocol import CancelAsked, Event, RunsHandedIn, SettingsChanged, StepDone
+from keyq.store.protocol import (
+    CancelAsked,
+    DebounceAsked,
+    Event,
+    RunsHandedIn,
+    SettingsChanged,
+    StepDone,
+)
 
 
 class Inbox:
@@ -35,14 +42,16 @@ class Inbox:
     def refuse_hand_ins(self, error: StoreError) -> None:
         """While commits fail: hand-ins are answered with ``error`` at once (their
         callers store the runs themselves or report it); other events wait."""
-        refused = [e for e in self._events if isinstance(e, RunsHandedIn)]
-        self._events = [e for e in self._events if not isinstance(e, RunsHandedIn)]
+        refused = [e for e in self._events if isinstance(e, RunsHandedIn | DebounceAsked)]
+        self._events = [e for e in self._events if not isinstance(e, RunsHandedIn | DebounceAsked)]
         for event in refused:
             event.reply.fail(error)
 
     def refuse_all(self, error: StoreError) -> None:
         """At exit: what was posted and never recorded is answered with ``error``."""
         for event in self._events:
-            if isinstance(event, StepDone | RunsHandedIn | CancelAsked | SettingsChanged):
+            if isinstance(
+                event, StepDone | RunsHandedIn | DebounceAsked | CancelAsked | SettingsChanged
+            ):
                 event.reply.fail(error)
         self._events = []

@@ -31,6 +31,7 @@ from keyq.store.handins import HandIn, too_late
 from keyq.store.protocol import (
     AttemptEnded,
     CancelAsked,
+    DebounceAsked,
     Event,
     RunsHandedIn,
     SettingsChanged,
@@ -69,6 +70,7 @@ class Admission:
             StepDone: self._step,
             CancelAsked: self._cancel,
             RunsHandedIn: self._hand_in,
+            DebounceAsked: self._debounce,
             SettingsChanged: self._settings,
         }
 
@@ -209,6 +211,33 @@ class Admission:
             self._replies.append((None, event.reply))
         self._answered_client = self._answered_client or event.deadline is not None
 
+    async def _debounce(self, event: DebounceAsked, now: float) -> None:
+        """Each debounced run folds into the DELAYED run of its key, if the engine has
+        one; the others are adopted, stored with this step. Sent again after a lost
+        answer, a run the first request made stands for itself."""
+        try:
+            stored = await self._stored_ids(
+                [r for r in event.runs if r.id not in self.engine], event.retry
+            )
+        except KeyqError as exc:
+            event.reply.fail(exc)
+            return
+        standing: list[RunId] = []
+        adopted: list[NewRun] = []
+        for run in event.runs:
+            folded = run.id if run.id in self.engine or run.id in stored else None
+            if folded is None and run.debounce_key is not None:
+                at = run.available_at
+                folded = self.engine.debounce(run.task, run.debounce_key, run.payload, at, now)
+            if folded is None and self.engine.submit(spec_from_new(run)):
+                adopted.append(run)
+            standing.append(run.id if folded is None else folded)
+        reply = _Standing(event.reply, standing)
+        if adopted:
+            self._hand_ins.append(HandIn(adopted, reply, None))
+        else:
+            self._replies.append((None, reply))
+
     async def _stored_ids(self, runs: list[NewRun], retry: bool) -> set[RunId]:
         """Which runs are stored already (only a request sent again can have any);
         TriggerError if a run names a parent that does not exist."""
@@ -286,3 +315,16 @@ class Admission:
         first, last = min(seqs.values()), max(seqs.values())
         if first == self._last_seq + 1 and last == self._last_seq + len(seqs):
             self._last_seq = last
+
+
+class _Standing:
+    """Answers a debounce with the run standing for each trigger, once durable."""
+
+    def __init__(self, reply: Reply[list[RunId]], standing: list[RunId]) -> None:
+        self._reply, self._standing = reply, standing
+
+    def set(self, value: None) -> None:
+        self._reply.set(self._standing)
+
+    def fail(self, error: BaseException) -> None:
+        self._reply.fail(error)

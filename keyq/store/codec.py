@@ -117,6 +117,9 @@ def new_run_params(run: NewRun) -> tuple[Any, ...]:
         run.available_at,
         event_line(run.created_at, None, run.state, Reason.TRIGGERED, 0),
         *_schedule_params(run),
+        run.expires_at,
+        run.debounce_key,
+        run.debounce_until,
     )
 
 
@@ -136,6 +139,7 @@ def transition_params(t: Transition) -> tuple[Any, ...]:
         error_json(t.error),
         t.available_at,
         wait_json(t.wait),
+        t.payload,
         event_line(t.at, t.from_, t.to, t.reason, t.attempt, t.error),
         t.seq,
     )
@@ -147,23 +151,10 @@ _STATES: dict[str, RunState] = {s.value: s for s in RunState}  # RunState(v) is 
 def spec_from_row(row: tuple[Any, ...]) -> RunSpec:
     """A RunSpec from a ``select_new_runs`` / ``select_runs_in_state`` row."""
     (
-        seq,
-        run_id,
-        task,
-        queue,
-        key,
-        status,
-        priority,
-        attempt,
-        max_attempts,
-        payload,
-        queue_limit,
-        parent_id,
-        waitpoint,
-        cancel_requested_at,
-        created_at,
-        available_at,
-    ) = row
+        seq, run_id, task, queue, key, status, priority, attempt, max_attempts, payload,
+        queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at,
+        expires_at, debounce_key, debounce_until,
+    ) = row  # fmt: skip
     # Names repeat across runs (a million runs, a few tasks and queues): interned,
     # each is held once rather than once per run (bench/scale: memory at 1M).
     return RunSpec(
@@ -183,6 +174,9 @@ def spec_from_row(row: tuple[Any, ...]) -> RunSpec:
         parent_id=parent_id,
         wait=wait_from_json(waitpoint),
         cancel_requested=cancel_requested_at is not None,
+        expires_at=expires_at,
+        debounce_key=debounce_key,
+        debounce_until=debounce_until,
     )
 
 
@@ -201,6 +195,9 @@ def spec_from_new(run: NewRun) -> RunSpec:
         available_at=run.available_at,
         created_at=run.created_at,
         parent_id=run.parent_id,
+        expires_at=run.expires_at,
+        debounce_key=run.debounce_key,
+        debounce_until=run.debounce_until,
     )
 
 
@@ -208,6 +205,12 @@ def _schedule_json(row: sqlite3.Row) -> dict[str, Any] | None:
     if row["schedule_id"] is None:
         return None
     return {"id": row["schedule_id"], "tick": iso(row["schedule_tick"])}
+
+
+def _debounce_json(row: sqlite3.Row) -> dict[str, Any] | None:
+    if row["debounce_key"] is None:
+        return None
+    return {"key": row["debounce_key"], "until": iso(row["debounce_until"])}
 
 
 def run_json(row: sqlite3.Row, *, events: bool = False) -> dict[str, Any]:
@@ -233,6 +236,8 @@ def run_json(row: sqlite3.Row, *, events: bool = False) -> dict[str, Any]:
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
         "schedule": _schedule_json(row),
+        "expires_at": iso(row["expires_at"]),
+        "debounce": _debounce_json(row),
     }
     if events:
         data["events"] = [

@@ -27,6 +27,7 @@ MIGRATIONS: tuple[str, ...] = (
     "002_journal_tokens.sql",
     "003_rate_limits.sql",
     "004_schedules.sql",
+    "005_ttl_debounce.sql",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

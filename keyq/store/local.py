@@ -18,6 +18,7 @@ from keyq.config import Config
 from keyq.core.model import NewRun, RunId
 from keyq.errors import DatabaseBusyError
 from keyq.store import admin, db, schedule_rows, tokens
+from keyq.store.debounce import store_debounced
 from keyq.store.errors import map_store_errors
 from keyq.store.instance import InstanceLock, lock_path, read_pid
 from keyq.store.runs import insert_runs
@@ -46,6 +47,20 @@ class LocalStore:
         try:
             with self._locked() as conn, map_store_errors(what), db.transaction(conn):
                 return insert_runs(conn, runs)
+        except DatabaseBusyError as exc:
+            raise DatabaseBusyError(self.busy_message()) from exc
+
+    def debounce_offline(self, runs: Sequence[NewRun]) -> list[RunId] | None:
+        """Store runs of which some are debounced, holding the daemon's lock (each folds
+        into its key's DELAYED run or is new: :mod:`keyq.store.debounce`); the run
+        standing for each, or None, changing nothing, if a daemon owns the database."""
+        lock = InstanceLock(self._config.database)
+        if not lock.try_acquire():
+            return None
+        what = f"storing debounced runs in {self._config.database}"
+        try:
+            with lock, self._locked() as conn, map_store_errors(what), db.transaction(conn):
+                return store_debounced(conn, runs)
         except DatabaseBusyError as exc:
             raise DatabaseBusyError(self.busy_message()) from exc
 

@@ -96,13 +96,32 @@ class RunsHandedIn:
 
 
 @dataclass(frozen=True, slots=True)
+class DebounceAsked:
+    """Validated runs of which some are debounced: each folds into the DELAYED run of
+    its task and debounce key (``Engine.debounce``) or is stored as a new run;
+    ``reply`` gets the id of the run standing for each once that is durable."""
+
+    runs: list[NewRun]
+    reply: Reply[list[RunId]]
+    retry: bool  # sent before: a run may be stored already
+
+
+@dataclass(frozen=True, slots=True)
 class SettingsChanged:
     """Limits changed (config reload, an operator's set-limit): read every layer again."""
 
     reply: Reply[None]
 
 
-Event = AttemptEnded | WaitReached | StepDone | CancelAsked | RunsHandedIn | SettingsChanged
+Event = (
+    AttemptEnded
+    | WaitReached
+    | StepDone
+    | CancelAsked
+    | RunsHandedIn
+    | DebounceAsked
+    | SettingsChanged
+)
 
 
 # --- what the store hands back -------------------------------------------------------------

@@ -6,8 +6,9 @@
 -- A second run for a schedule's tick fails on runs_schedule_tick: the tick is claimed.
 INSERT INTO runs (id, task, queue, concurrency_key, status, priority, max_attempts, payload,
                   tags, idempotency_key, queue_limit, parent_id, created_at, available_at, events,
-                  schedule_id, schedule_tick, schedule_previous)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  schedule_id, schedule_tick, schedule_previous, expires_at, debounce_key,
+                  debounce_until)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO NOTHING;
 
 -- name: claim_schedule_tick
@@ -101,19 +102,22 @@ ORDER BY at DESC LIMIT ?5;
 
 -- name: select_new_runs
 SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_attempts, payload,
-       queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at
+       queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at,
+       expires_at, debounce_key, debounce_until
 FROM runs WHERE seq > ? ORDER BY seq LIMIT ?;
 
 -- name: select_runs_in_state
 -- One index range of runs_status, already in seq order: recovery merges the four
 -- active states instead of sorting the whole backlog.
 SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_attempts, payload,
-       queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at
+       queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at,
+       expires_at, debounce_key, debounce_until
 FROM runs WHERE status = ? ORDER BY seq;
 
 -- name: select_runs_by_ids
 SELECT seq, id, task, queue, concurrency_key, status, priority, attempt, max_attempts, payload,
-       queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at
+       queue_limit, parent_id, waitpoint, cancel_requested_at, created_at, available_at,
+       expires_at, debounce_key, debounce_until
 FROM runs WHERE id IN (SELECT value FROM json_each(?)) ORDER BY seq;
 
 -- name: max_seq
@@ -127,6 +131,7 @@ UPDATE runs SET status = ?, attempt = ?,
                 error = COALESCE(?, error),
                 available_at = COALESCE(?, available_at),
                 waitpoint = ?,
+                payload = COALESCE(?, payload),
                 events = events || ?
 WHERE seq = ?;
 
@@ -235,3 +240,12 @@ WITH RECURSIVE tree (id) AS (
 )
 SELECT r.id FROM runs r JOIN tree USING (id)
 WHERE r.status IN ('queued', 'delayed', 'running', 'waiting');
+
+-- name: find_debounced
+-- The DELAYED run, not yet started, that a debounced trigger folds into (no daemon runs).
+SELECT seq, id, debounce_until FROM runs INDEXED BY runs_debounce
+WHERE task = ? AND debounce_key = ? AND status = 'delayed' AND attempt = 0
+ORDER BY seq DESC LIMIT 1;
+
+-- name: fold_debounced
+UPDATE runs SET payload = ?, available_at = ?, events = events || ? WHERE seq = ?;
